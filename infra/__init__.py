@@ -1,0 +1,1 @@
+"""Starting real services locally (Kafka in KRaft mode, the fakesnow Snowflake emulator)."""

@@ -1,0 +1,1 @@
+"""Identity verification, the HTTP ingress, the CI client and ``querytrail submit``."""

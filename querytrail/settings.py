@@ -1,0 +1,248 @@
+"""All of querytrail's settings in one frozen pydantic-settings model.
+
+Read from ``QUERYTRAIL_*`` environment variables (nested with ``__``, e.g.
+``QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS``) and, when ``QUERYTRAIL_CONFIG`` names one, a YAML file.
+Environment variables win over the file. Every setting and its default is listed in
+``docs/settings.md``; keep that table in step when adding a field here.
+
+Secrets are ``SecretStr`` and never logged. Key files are paths: only the component that
+needs a private key reads it (the worker reads the authorisation signing key, the sink the
+chain signing key, the executor the Snowflake credentials).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ExecutorSettings",
+    "IcebergSettings",
+    "IdentitySettings",
+    "IngressSettings",
+    "IssuerSettings",
+    "KafkaSettings",
+    "LimitSettings",
+    "LocalStackSettings",
+    "Settings",
+    "SnowflakeProfile",
+    "get_settings",
+]
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("QUERYTRAIL_HOME", str(Path.home() / ".querytrail")))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    topic_prefix: str = "querytrail"
+    partitions: int = 3
+    replication_factor: int = 1
+    schema_registry_url: str | None = None  # when set, Confluent framing is used to produce
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every confluent-kafka client."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        return conf
+
+
+class SnowflakeProfile(_Frozen):
+    """A named Snowflake connection profile (a request's ``target``)."""
+
+    account: str = "fakesnow"
+    user: str = "querytrail"
+    password: SecretStr | None = None  # the emulator; real accounts use key-pair auth
+    private_key_path: Path | None = None  # PKCS#8 PEM for key-pair (JWT) auth
+    private_key_passphrase: SecretStr | None = None
+    host: str | None = None  # e.g. 127.0.0.1 for fakesnow
+    port: int | None = None
+    protocol: Literal["http", "https"] = "https"
+    database: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    warehouse: str | None = None
+    role: str | None = None
+    login_timeout_s: int = 30
+    network_timeout_s: int = 60
+
+
+class IcebergSettings(_Frozen):
+    catalog_name: str = "querytrail"
+    catalog_type: Literal["sql", "rest"] = "sql"
+    catalog_uri: str | None = None  # default: sqlite file under QUERYTRAIL_HOME/iceberg
+    warehouse: str | None = None  # default: file:// under QUERYTRAIL_HOME/iceberg/warehouse
+    properties: dict[str, str] = Field(default_factory=dict)  # s3.endpoint, s3.access-key-id, ...
+    table: str = "audit.events"
+    commit_interval_s: float = 1.0
+    batch_size: int = 5000
+
+
+class IssuerSettings(_Frozen):
+    """One trusted OIDC issuer and how its claims map to an Identity."""
+
+    issuer: str
+    audience: str = "querytrail"
+    jwks_uri: str | None = None  # default: discovered from /.well-known/openid-configuration
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    groups_claim: str = "groups"
+    subject_claim: str = "sub"
+    required_claims: list[str] = Field(default_factory=lambda: ["sub", "exp", "iat"])
+    service_account_claim: str | None = None  # claim whose presence/truthiness marks a service account
+    service_account: bool = False  # every subject of this issuer is a service account (CI issuers)
+    ci_claims: list[str] = Field(
+        default_factory=lambda: ["repository", "workflow", "ref", "run_id", "sha", "actor"]
+    )
+
+
+class IdentitySettings(_Frozen):
+    issuers: list[IssuerSettings] = Field(default_factory=list)
+    leeway_s: int = 30
+    jwks_cache_ttl_s: int = 3600
+    jwks_min_refetch_interval_s: float = 60.0
+    http_timeout_s: float = 5.0
+    dev_issuer_enabled: bool = False  # only the local stack turns this on; never in production
+    dev_issuer_url: str = "http://127.0.0.1:8080/dev-issuer"
+
+
+class IngressSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    auditor_groups: list[str] = Field(default_factory=lambda: ["auditor"])
+    max_wait_s: float = 120.0
+
+
+class LimitSettings(_Frozen):
+    max_prompt_bytes: int = 65_536
+    max_sql_bytes: int = 262_144
+
+
+class ExecutorSettings(_Frozen):
+    statement_timeout_s: int = 60
+    page_max_rows: int = 500
+    page_max_bytes: int = 262_144
+    catalog_refresh_s: float = 300.0
+    authorization_max_age_s: float = 900.0
+
+
+class LocalStackSettings(_Frozen):
+    kafka_version: str = "4.1.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "-Xms256m -Xmx1g"
+    fakesnow_port: int = 18080
+    java_home: Path | None = None
+
+
+class Settings(BaseSettings):
+    """querytrail's settings. See docs/settings.md for the table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUERYTRAIL_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    home: Path = Field(default_factory=_default_home)
+    environment: Literal["local", "production"] = "local"
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    snowflake_profiles: dict[str, SnowflakeProfile] = Field(default_factory=dict)
+    default_target: str = "analytics"
+    iceberg: IcebergSettings = Field(default_factory=IcebergSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    local: LocalStackSettings = Field(default_factory=LocalStackSettings)
+    policy_path: Path | None = None  # default: infra/policies/example.yaml
+    catalog_path: Path | None = None  # optional static catalog file (else the catalog topic)
+    authz_signing_key_path: Path | None = None  # Ed25519, read only by the worker
+    authz_verify_key_path: Path | None = None  # its public half, read by the executor
+    chain_signing_key_path: Path | None = None  # Ed25519, read only by the sink
+    chain_verify_key_path: Path | None = None
+    token_sealing_key_path: Path | None = None  # X25519 private key, read only by the worker
+    ingress_signing_key_path: Path | None = None  # Ed25519, read only by the HTTP ingress
+    metrics_port_base: int = 9300
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
+
+    # Paths derived from ``home`` for the local stack.
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    def key_path(self, name: str) -> Path:
+        """The configured path of a key file, or its default under ``home/keys``."""
+        configured = getattr(self, f"{name}_path", None)
+        return Path(configured) if configured else self.keys_dir / f"{name}.pem"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The optional YAML file named by ``QUERYTRAIL_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("QUERYTRAIL_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must hold a mapping")
+        return data
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The Iceberg audit log: writer, hash chain, replay, verify, auditors' queries."""
