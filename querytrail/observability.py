@@ -1,0 +1,116 @@
+"""Structured logs and Prometheus metrics shared by every querytrail service.
+
+Logs are one JSON object per line with the request id as a field whenever a line is about a
+request (pass ``extra={"request_id": rid}``), so ``grep`` and log shippers can follow one
+request across the worker, the executor and the sink. Metrics are served by each long-running
+service on its own port (``settings.metrics_port_base`` + a per-service offset).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "APPROVAL_WAIT",
+    "CONSUMER_LAG",
+    "DEAD_LETTERS",
+    "EXECUTOR_LATENCY",
+    "REQUESTS_BY_DECISION",
+    "SERVICE_PORT_OFFSETS",
+    "SINK_COMMIT_LATENCY",
+    "JsonFormatter",
+    "configure_logging",
+    "serve_metrics",
+]
+
+# Defence in depth: anything shaped like a JWT or a PEM key is scrubbed from log lines even if
+# a caller passes one by mistake. Real protection is never logging them in the first place.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def scrub(text: str) -> str:
+    """Replace token- or key-shaped substrings with a placeholder."""
+    return _PEM.sub("[private key removed]", _JWT.sub("[token removed]", text))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; extra fields (request_id, ...) become keys."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value if isinstance(value, int | float | bool | None) else scrub(str(value))
+        if record.exc_info:
+            out["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    """Route the root logger to stderr, as JSON lines (or plain text for humans)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+REQUESTS_BY_DECISION = Counter("querytrail_requests_total", "Requests decided, by decision", ["decision"])
+APPROVAL_WAIT = Histogram(
+    "querytrail_approval_wait_seconds",
+    "Time from ApprovalRequested to resolution",
+    ["outcome"],
+    buckets=(1, 5, 30, 60, 300, 900, 1800, 3600, 7200),
+)
+EXECUTOR_LATENCY = Histogram(
+    "querytrail_executor_seconds",
+    "Statement execution time in the executor",
+    ["outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CONSUMER_LAG = Gauge(
+    "querytrail_consumer_lag", "Messages behind the log end", ["service", "topic", "partition"]
+)
+SINK_COMMIT_LATENCY = Histogram(
+    "querytrail_sink_commit_seconds",
+    "Iceberg commit latency of the audit sink",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DEAD_LETTERS = Counter(
+    "querytrail_dead_letters_total", "Records sent to the dead-letter topic", ["source_topic"]
+)
+
+SERVICE_PORT_OFFSETS = {"ingress": 0, "worker": 1, "executor": 2, "sink": 3}
+
+
+def serve_metrics(service: str, base_port: int) -> int | None:
+    """Serve /metrics for ``service`` on 127.0.0.1; returns the port, or None if it is taken."""
+    port = base_port + SERVICE_PORT_OFFSETS.get(service, 9)
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError:
+        logging.getLogger(__name__).warning("metrics port %d is taken; metrics not served", port)
+        return None
+    return port
