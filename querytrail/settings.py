@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -124,6 +124,8 @@ class IssuerSettings(_Frozen):
     ci_claims: list[str] = Field(
         default_factory=lambda: ["repository", "workflow", "ref", "run_id", "sha", "actor"]
     )
+    # Identity field -> claim name where the issuer differs, e.g. {"repository": "project_path"}
+    claim_map: dict[str, str] = Field(default_factory=dict)
 
 
 class IdentitySettings(_Frozen):
@@ -142,6 +144,9 @@ class IngressSettings(_Frozen):
     max_body_bytes: int = 1_048_576
     auditor_groups: list[str] = Field(default_factory=lambda: ["auditor"])
     max_wait_s: float = 120.0
+    publish_timeout_s: float = 10.0  # delivery-report wait before answering 503
+    index_max_requests: int = 10_000  # outcomes kept in memory for GET /v1/queries/{id}
+    index_lookback_s: float = 3600.0  # on start, index outcomes newer than this
 
 
 class LimitSettings(_Frozen):
@@ -199,6 +204,13 @@ class Settings(BaseSettings):
     token_sealing_key_path: Path | None = None  # X25519 private key, read only by the worker
     ingress_signing_key_path: Path | None = None  # Ed25519, read only by the HTTP ingress
     metrics_port_base: int = 9300
+
+    @model_validator(mode="after")
+    def _no_dev_issuer_in_production(self) -> Settings:
+        # Tokens minted from a key on a developer's disk must never be trusted in production.
+        if self.environment == "production" and self.identity.dev_issuer_enabled:
+            raise ValueError("identity.dev_issuer_enabled must be false when environment is production")
+        return self
 
     @classmethod
     def settings_customise_sources(
