@@ -1,0 +1,83 @@
+"""Rule conditions, split into the part fixed by the statement and groups (cached) and the part
+that depends on claims and the clock (re-checked on every decision)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from processors.policy.model import Conditions, Rule
+
+__all__ = ["Facts", "dynamic_match", "static_match"]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the conditions look at, computed once per analysed statement."""
+
+    statement: str
+    tables: tuple[str, ...]
+    tags: frozenset[str]
+    findings: frozenset[str]
+    estimated_bytes: int | None
+    groups: frozenset[str]
+
+
+def static_match(rule: Rule, facts: Facts) -> bool:
+    """Conditions on groups, statement, tables, tags, findings and size.
+
+    An unknown estimated size matches ``estimated_bytes_gt`` in deny/require_approval rules and
+    never in allow rules: what cannot be known must not loosen the decision.
+    """
+    w: Conditions = rule.when
+    if w.groups is not None and not w.groups <= facts.groups:
+        return False
+    if w.statement is not None and facts.statement not in w.statement:
+        return False
+    if w.tables is not None:
+        # every touched table must match; a statement touching no table does not satisfy it
+        if not facts.tables:
+            return False
+        for table in facts.tables:
+            if not any(g.matches(table) for g in w.tables):
+                return False
+    if w.tables_tagged is not None and not (w.tables_tagged & facts.tags):
+        return False
+    if w.findings is not None and not (w.findings & facts.findings):
+        return False
+    if w.estimated_bytes_gt is not None:
+        if facts.estimated_bytes is None:
+            return rule.then != "allow"
+        if facts.estimated_bytes <= w.estimated_bytes_gt:
+            return False
+    return True
+
+
+def dynamic_match(rule: Rule, claims: Mapping[str, Any], now: datetime) -> bool:
+    """Conditions on claim values (globs) and the UTC time window."""
+    w = rule.when
+    if w.claims is not None:
+        for name, glob in w.claims:
+            value = claims.get(name)
+            if value is None or isinstance(value, Mapping):
+                return False
+            values = value if isinstance(value, list | tuple) else [value]
+            if not any(
+                v is not None and not isinstance(v, Mapping | list) and glob.matches(_text(v)) for v in values
+            ):
+                return False
+    if w.hours_utc is not None or w.days is not None:
+        utc = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+        if w.hours_utc is not None and not w.hours_utc.contains(utc.hour):
+            return False
+        if w.days is not None and utc.weekday() not in w.days:
+            return False
+    return True
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
