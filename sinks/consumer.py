@@ -1,0 +1,196 @@
+"""``querytrail sink``: the Kafka loop that feeds the Iceberg writer.
+
+Iceberg first, Kafka second: offsets are committed to Kafka only after the append that holds
+them succeeded, and the consumer always positions itself from the table's last snapshot (on
+start and on every assignment), so a crash at any point neither loses nor duplicates a row.
+When the catalog is unavailable the sink pauses its partitions, keeps polling (so it stays in
+the group), retries with backoff and never commits Kafka offsets for unwritten rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from querytrail.settings import Settings
+from schemas.topics import topic_names
+from sinks.chain import ensure_keypair, load_signer, tp_key
+from sinks.table import load_or_create_table
+from sinks.writer import IcebergSink, Record, StaleStateError
+
+__all__ = ["build_sink", "consumer_config", "run_sink", "witness_path"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 30.0
+
+
+def witness_path(settings: Settings) -> Any:
+    return settings.home / "witness.jsonl"
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    conf = settings.kafka.confluent_config()
+    conf.update(
+        {
+            "group.id": f"{settings.kafka.topic_prefix}.audit-sink",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "fetch.min.bytes": 1,
+            "queued.max.messages.kbytes": 65536,
+        }
+    )
+    return conf
+
+
+def build_sink(settings: Settings) -> IcebergSink:
+    """The writer with its table, signing key and codec (creates the local key when missing)."""
+    from schemas.codec import EventCodec
+
+    private = settings.key_path("chain_signing_key")
+    public = settings.key_path("chain_verify_key")
+    if settings.environment == "local":
+        ensure_keypair(private, public)
+    codec = EventCodec(settings.kafka.schema_registry_url)
+    return IcebergSink(
+        load_or_create_table(settings), load_signer(private), codec.decode, witness_path(settings)
+    )
+
+
+class _Runner:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.sink = build_sink(settings)
+        self.consumer = Consumer(consumer_config(settings))
+        self.assigned: list[TopicPartition] = []
+        self.paused = False
+
+    # rebalance callbacks: position from the table, never from Kafka's committed offsets
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        state = self._reload_with_retry()
+        for tp in partitions:
+            nxt = state.offsets.get(tp_key(tp.topic, tp.partition))
+            tp.offset = nxt if nxt is not None else OFFSET_BEGINNING
+        consumer.assign(partitions)
+        self.assigned = list(partitions)
+        log.info("assigned %s", {tp_key(t.topic, t.partition): t.offset for t in partitions})
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._flush()
+        except Exception:
+            log.warning("flush on revoke failed; the rows will be re-read by the next owner", exc_info=True)
+        self.sink.drop({(t.topic, t.partition) for t in partitions})
+        self.assigned = []
+
+    def _reload_with_retry(self) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return self.sink.reload()
+            except Exception:
+                if self.stop.is_set():
+                    raise
+                log.warning("catalog unavailable while positioning; retrying in %.1fs", delay, exc_info=True)
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def _reseek(self) -> None:
+        """Forget the buffer and position every assigned partition from the table."""
+        self.sink.drop()
+        state = self._reload_with_retry()
+        for tp in self.assigned:
+            nxt = state.offsets.get(tp_key(tp.topic, tp.partition))
+            self.consumer.seek(
+                TopicPartition(tp.topic, tp.partition, nxt if nxt is not None else OFFSET_BEGINNING)
+            )
+
+    def _flush(self) -> bool:
+        if not self.sink.flush():
+            return False
+        offsets = [
+            TopicPartition(t.topic, t.partition, self.sink.state.offsets[k])
+            for t in self.assigned
+            if (k := tp_key(t.topic, t.partition)) in self.sink.state.offsets
+        ]
+        if offsets:
+            try:  # Kafka's committed offsets are only for lag monitoring: the table is the truth
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except Exception:
+                log.warning("kafka offset commit failed (the table holds the offsets)", exc_info=True)
+        return True
+
+    def run(self) -> None:
+        cfg = self.settings.iceberg
+        topics = sorted(topic_names(self.settings.kafka.topic_prefix).values())
+        self.consumer.subscribe(topics, on_assign=self.on_assign, on_revoke=self.on_revoke)
+        log.info("sink consuming %d topics into %s", len(topics), cfg.table)
+        last_flush, delay = time.monotonic(), 0.5
+        try:
+            while not self.stop.is_set():
+                room = max(1, cfg.batch_size - self.sink.buffered)
+                for msg in self.consumer.consume(num_messages=min(room, 10_000), timeout=0.1):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", err)
+                        continue
+                    ts_type, ts = msg.timestamp()
+                    self.sink.add(
+                        Record(
+                            str(msg.topic()),
+                            int(msg.partition() or 0),
+                            int(msg.offset() or 0),
+                            msg.key(),
+                            msg.value() or b"",
+                            ts if ts_type else None,
+                        )
+                    )
+                due = time.monotonic() - last_flush >= cfg.commit_interval_s
+                if self.sink.buffered and (due or self.sink.buffered >= cfg.batch_size):
+                    try:
+                        self._flush()
+                    except StaleStateError as exc:
+                        log.warning("table moved under the sink (%s); re-positioning from it", exc)
+                        self._reseek()
+                    except Exception:
+                        log.warning(
+                            "iceberg append failed; keeping %d rows, retrying in %.1fs",
+                            self.sink.buffered,
+                            delay,
+                            exc_info=True,
+                        )
+                        self._pause(True)
+                        self.stop.wait(delay)
+                        delay = min(delay * 2, _MAX_BACKOFF_S)
+                        continue
+                    self._pause(False)
+                    last_flush, delay = time.monotonic(), 0.5
+            self._flush()
+        finally:
+            self.consumer.close()
+
+    def _pause(self, pause: bool) -> None:
+        if pause == self.paused or not self.assigned:
+            return
+        (self.consumer.pause if pause else self.consumer.resume)(self.assigned)
+        self.paused = pause
+
+
+def run_sink(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); flushes what it holds on the way out."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    _Runner(settings, stop).run()
+    return 0

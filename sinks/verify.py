@@ -1,0 +1,329 @@
+"""``querytrail verify``: recompute every chain, signature and snapshot from the table alone.
+
+Checks, per (topic, partition) in offset order: each row's ``avro_sha256`` against its bytes,
+its ``chain_hash`` against ``sha256(prev || sha256(avro))``, its typed columns against the event
+re-decoded from ``avro``; then every snapshot's signed heads against the rows, the snapshot
+ancestry (a rollback leaves newer snapshots off the current lineage) and the sink's local
+witness file (a rollback or expiry removes heads the sink once signed). Problems name the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sinks.chain import GENESIS, Head, Verifier, chain_step
+from sinks.schema import DERIVED_COLUMNS, derive, row_fields
+
+__all__ = ["Problem", "VerifyReport", "verify_rows", "verify_table"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # changed | removed | inserted | reordered | unsigned | signature | rollback | expired
+    where: str  # topic:partition@offset, or snapshot id
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    rows: int = 0
+    partitions: int = 0
+    snapshots: int = 0
+    witness_entries: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    # recomputed chain hash per "topic:partition" -> {offset: hex}
+    chains: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "partitions": self.partitions,
+            "snapshots": self.snapshots,
+            "witness_entries": self.witness_entries,
+            "first_problem": str(self.problems[0]) if self.problems else None,
+            "problems": [p.__dict__ for p in self.problems],
+        }
+
+
+def _name(tp: str, row: dict[str, Any]) -> str:
+    return f"{tp}@{row['offset']}"
+
+
+def _rederive(row: dict[str, Any], decode: Callable[[bytes], Any]) -> str | None:
+    """The first typed column that does not match the event in ``avro``, or None."""
+    try:
+        event = decode(row["avro"])
+    except Exception:
+        return None if row["event_type"] == "Undecodable" else "event_type (avro no longer decodes)"
+    if row["event_type"] == "Undecodable":
+        return "event_type (stored as Undecodable but the bytes decode)"
+    expected = row_fields(derive(event))
+    for name in DERIVED_COLUMNS:
+        got, want = row.get(name), expected[name]
+        if isinstance(want, datetime) and isinstance(got, datetime):
+            if got != want:
+                return name
+        elif got != want and not (got in (None, []) and want in (None, [])):
+            return name
+    return None
+
+
+def _verify_partition(
+    tp: str,
+    rows: list[dict[str, Any]],
+    report: VerifyReport,
+    decode: Callable[[bytes], Any] | None,
+    anchored: bool,
+) -> None:
+    chain: dict[int, str] = {}
+    report.chains[tp] = chain
+    prev, prev_prev = GENESIS, GENESIS
+    if not anchored and rows:  # --since: trust the first row's stored hash as the anchor
+        prev = bytes.fromhex(rows[0]["chain_hash"])
+        chain[rows[0]["offset"]] = rows[0]["chain_hash"]
+        rows = rows[1:]
+    last_offset: int | None = None
+    i, n = 0, len(rows)
+    while i < n:
+        row = rows[i]
+        where = _name(tp, row)
+        if last_offset is not None and row["offset"] == last_offset:
+            report.problems.append(Problem("inserted", where, "a second row claims this offset"))
+            i += 1
+            continue
+        avro_hash = hashlib.sha256(row["avro"]).digest()
+        stored = bytes.fromhex(row["chain_hash"])
+        if avro_hash.hex() != row["avro_sha256"]:
+            report.problems.append(Problem("changed", where, "the stored bytes do not match avro_sha256"))
+        elif chain_step(prev, avro_hash) != stored:
+            nxt = rows[i + 1] if i + 1 < n else None
+            nxt_hash = hashlib.sha256(nxt["avro"]).digest() if nxt else b""
+            if nxt is not None and chain_step(prev, nxt_hash).hex() == nxt["chain_hash"]:
+                if chain_step(bytes.fromhex(nxt["chain_hash"]), avro_hash) == stored:
+                    report.problems.append(
+                        Problem(
+                            "reordered",
+                            where,
+                            f"swapped with offset {nxt['offset']} (event {row['event_id']})",
+                        )
+                    )
+                    chain[row["offset"]] = row["chain_hash"]
+                    prev_prev, prev, last_offset = prev, stored, row["offset"]
+                    i += 2
+                    continue
+                report.problems.append(
+                    Problem("inserted", where, f"not part of the chain (event {row['event_id']})")
+                )
+                i += 1
+                continue
+            if last_offset is not None and chain_step(prev_prev, avro_hash) == stored:
+                report.problems.append(
+                    Problem(
+                        "inserted",
+                        f"{tp}@{last_offset}",
+                        f"a forged row was inserted before offset {row['offset']}",
+                    )
+                )
+            elif row["offset"] != (last_offset if last_offset is not None else -1) + 1:
+                after = "the start" if last_offset is None else f"offset {last_offset}"
+                report.problems.append(
+                    Problem("removed", where, f"row(s) removed between {after} and offset {row['offset']}")
+                )
+            else:
+                report.problems.append(
+                    Problem("changed", where, f"chain hash does not match (event {row['event_id']})")
+                )
+        elif decode is not None and (column := _rederive(row, decode)) is not None:
+            report.problems.append(
+                Problem("changed", where, f"column {column} differs from the stored event")
+            )
+        chain[row["offset"]] = chain_step(prev, avro_hash).hex()
+        prev_prev, prev, last_offset = prev, stored, row["offset"]
+        i += 1
+
+
+def verify_rows(
+    table: pa.Table, decode: Callable[[bytes], Any] | None, anchored: bool = True
+) -> VerifyReport:
+    """Per-row checks over an arrow table of audit rows (any order)."""
+    report = VerifyReport(rows=table.num_rows)
+    table = table.sort_by([("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        groups.setdefault(f"{row['topic']}:{row['partition']}", []).append(row)
+    report.partitions = len(groups)
+    for tp, rows in groups.items():
+        _verify_partition(tp, rows, report, decode, anchored)
+    return report
+
+
+def _check_heads(
+    report: VerifyReport,
+    verifier: Verifier,
+    uuid: str,
+    heads: dict[str, Head],
+    origin: str,
+    since_floor: dict[str, int],
+    current: bool,
+) -> bool:
+    """Signed heads against the recomputed chains; True when all hold."""
+    ok = True
+    for tp, head in sorted(heads.items()):
+        if not verifier.check(uuid, tp, head):
+            report.problems.append(Problem("signature", origin, f"bad signature on the head of {tp}"))
+            ok = False
+            continue
+        if head.offset < since_floor.get(tp, -1):
+            continue
+        got = report.chains.get(tp, {}).get(head.offset)
+        if got is None:
+            last = max(report.chains.get(tp, {}) or [-1])
+            kind = "rollback" if head.offset > last else "removed"
+            report.problems.append(
+                Problem(
+                    kind,
+                    f"{tp}@{head.offset}",
+                    f"{origin} signed this head but the table has no such row (last row at offset {last})",
+                )
+            )
+            ok = False
+        elif got != head.hash:
+            report.problems.append(
+                Problem(
+                    "changed",
+                    f"{tp}@{head.offset}",
+                    f"rows up to this offset were altered and re-chained: "
+                    f"the recomputed chain does not match the head {origin} signed",
+                )
+            )
+            ok = False
+    if current:
+        for tp, chain in report.chains.items():
+            top = heads.get(tp)
+            beyond = sorted(o for o in chain if top is None or o > top.offset)
+            if beyond:
+                report.problems.append(
+                    Problem(
+                        "inserted",
+                        f"{tp}@{beyond[0]}",
+                        f"{len(beyond)} row(s) not covered by any signed head",
+                    )
+                )
+                ok = False
+    return ok
+
+
+def read_witness(path: Path, uuid: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            if entry.get("table") == uuid:
+                out.append(entry)
+    return out
+
+
+def verify_table(
+    tbl: Any,
+    verifier: Verifier,
+    decode: Callable[[bytes], Any] | None,
+    witness: Path | None = None,
+    since: datetime | None = None,
+) -> VerifyReport:
+    """Everything: rows, every snapshot's signed heads, ancestry, and the witness file."""
+    from sinks.table import state_of
+
+    tbl.refresh()
+    uuid = str(tbl.metadata.table_uuid)
+    scan = tbl.scan(row_filter=f"occurred_at >= '{since.isoformat()}'") if since else tbl.scan()
+    report = verify_rows(scan.to_arrow(), decode, anchored=since is None)
+    since_floor = {tp: min(c) for tp, c in report.chains.items() if c} if since else {}
+    if since:  # partitions with no rows in range: nothing to compare their heads with
+        since_floor = {tp: since_floor.get(tp, 1 << 62) for tp in since_floor}
+    current = tbl.current_snapshot()
+    snapshots = list(tbl.metadata.snapshots)
+    report.snapshots = len(snapshots)
+    if current is None:
+        if report.rows:
+            report.problems.append(Problem("unsigned", "table", "rows but no snapshot"))
+        return report
+    lineage = _lineage(tbl, current.snapshot_id)
+    for snap in snapshots:
+        origin = f"snapshot {snap.snapshot_id}"
+        if snap.snapshot_id not in lineage:
+            report.problems.append(
+                Problem(
+                    "rollback", origin, "not an ancestor of the current snapshot: the table was rolled back"
+                )
+            )
+            continue
+        state = state_of(snap)
+        if state is None:
+            report.problems.append(
+                Problem("unsigned", origin, f"written by something other than the sink ({_op(snap)})")
+            )
+            continue
+        _check_heads(
+            report,
+            verifier,
+            uuid,
+            state.heads,
+            origin,
+            _floor(since, since_floor),
+            snap.snapshot_id == current.snapshot_id,
+        )
+    if witness is not None:
+        known = {s.snapshot_id for s in snapshots}
+        entries = read_witness(witness, uuid)
+        report.witness_entries = len(entries)
+        for entry in entries:
+            heads = {k: Head.from_json(v) for k, v in entry["heads"].items()}
+            origin = f"witness of snapshot {entry['snapshot_id']}"
+            if entry["snapshot_id"] not in known:
+                report.problems.append(
+                    Problem("expired", origin, "the sink wrote this snapshot but the table no longer has it")
+                )
+            _check_heads(report, verifier, uuid, heads, origin, _floor(since, since_floor), False)
+    return report
+
+
+def _floor(since: datetime | None, floors: dict[str, int]) -> dict[str, int]:
+    return floors if since else {}
+
+
+def _lineage(tbl: Any, snapshot_id: int) -> set[int]:
+    by_id = {s.snapshot_id: s for s in tbl.metadata.snapshots}
+    out: set[int] = set()
+    cur: int | None = snapshot_id
+    while cur is not None and cur in by_id and cur not in out:
+        out.add(cur)
+        cur = by_id[cur].parent_snapshot_id
+    return out
+
+
+def _op(snap: Any) -> str:
+    summary = snap.summary
+    return str(summary.operation.value) if summary is not None else "unknown operation"
+
+
+def first_lines(report: VerifyReport, limit: int = 20) -> Iterable[str]:
+    for p in report.problems[:limit]:
+        yield str(p)
