@@ -1,0 +1,288 @@
+"""The HTTP ingress: an ASGI (Starlette) app that verifies callers and publishes their requests.
+
+Routes: POST /v1/queries, GET /v1/queries/{id}?wait=N, POST /v1/actions, GET /healthz,
+GET /readyz, GET /openapi.json, and the dev issuer's discovery/JWKS when it is enabled.
+Errors are ``{"error": code, "message": text}``. The bearer token and the Authorization
+header are never logged, published or echoed: only the token's SHA-256 travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ingress.api import (
+    ApiError,
+    build_action,
+    build_query,
+    openapi_document,
+    read_json_body,
+)
+from ingress.identity import Identity, IdentityError, TokenVerifier
+from ingress.indexer import OutcomeIndexer
+from ingress.outcomes import OutcomeIndex
+from ingress.sealing import key_id, load_attestation_private_key, token_sha256
+from querytrail.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class _Ingress:
+    """Everything the handlers share: settings, verifier, producer, codec, outcome index."""
+
+    def __init__(self, settings: Settings, verifier: TokenVerifier | None) -> None:
+        from schemas.codec import EventCodec
+
+        self.settings = settings
+        self.verifier = verifier or TokenVerifier.from_settings(settings)
+        self.codec = EventCodec(settings.kafka.schema_registry_url)
+        self.signing_key = load_attestation_private_key(settings)
+        self.key_id = key_id(self.signing_key.public_key())
+        prefix = settings.kafka.topic_prefix
+        self.topics = {s: f"{prefix}.{s}" for s in ("requests", "results", "actions", "decisions")}
+        self.index = OutcomeIndex(settings.ingress.index_max_requests)
+        self.indexer = OutcomeIndexer(settings, self.index, self.codec)
+        self.producer: Any = None
+
+    def start(self) -> None:
+        from infra.producer import make_producer
+
+        timeout_ms = int(self.settings.ingress.publish_timeout_s * 1000)
+        self.producer = make_producer(self.settings.kafka, **{"message.timeout.ms": timeout_ms})
+        self.indexer.start()
+
+    def stop(self) -> None:
+        self.indexer.stop()
+        if self.producer is not None:
+            self.producer.flush(5.0)
+        self.indexer.join(timeout=5.0)
+
+    def publish(self, topic: str, event: Any) -> None:
+        """Produce one event and wait for its delivery report; ApiError 503 when it is not acknowledged."""
+        from confluent_kafka import KafkaException
+        from schemas.codec import key_for
+
+        from infra.producer import KafkaUnavailableError, produce_sync
+
+        value = self.codec.encode(event)
+        try:
+            produce_sync(
+                self.producer,
+                self.topics[topic],
+                value,
+                key=key_for(event),
+                timeout=self.settings.ingress.publish_timeout_s + 2.0,
+            )
+        except (KafkaUnavailableError, KafkaException, BufferError) as exc:
+            log.error(
+                "publishing %s failed: %s", event.event_type, exc, extra={"request_id": event.request_id}
+            )
+            raise ApiError(
+                503, "kafka_unavailable", "the event log is unreachable; nothing was recorded"
+            ) from None
+
+    async def authenticate(self, request: Request) -> Identity:
+        return await run_in_threadpool(self.verifier.verify, _bearer(request))
+
+    def reject_identity(self, request_id: str, token: str, err: IdentityError) -> None:
+        """Record a refused caller in the audit log (never the token, only its hash)."""
+        from schemas.events import QueryRejected, new_event_id, producer, utcnow
+
+        event = QueryRejected(
+            event_id=new_event_id(),
+            request_id=request_id,
+            occurred_at=utcnow(),
+            producer=producer("ingress"),
+            stage="identity",
+            reason_code=err.code,
+            reason=err.message,
+            token_sha256=token_sha256(token) if token else None,
+        )
+        self.publish("results", event)
+
+
+def _state(request: Request) -> _Ingress:
+    state: _Ingress = request.app.state.ingress
+    return state
+
+
+async def post_query(request: Request) -> JSONResponse:
+    from schemas.events import new_event_id
+
+    ing = _state(request)
+    request_id = new_event_id()
+    token = _bearer(request)
+    try:
+        identity = await ing.authenticate(request)
+    except IdentityError as err:
+        log.info("refused caller: %s", err.code, extra={"request_id": request_id})
+        await run_in_threadpool(ing.reject_identity, request_id, token, err)
+        return _error(401, err.code, err.message, request_id=request_id)
+    body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
+    event = build_query(
+        body,
+        request_id=request_id,
+        identity=identity,
+        settings=ing.settings,
+        signing_key=ing.signing_key,
+        key_id=ing.key_id,
+    )
+    await run_in_threadpool(ing.publish, "requests", event)
+    ing.index.note_request(request_id, (identity.issuer, identity.subject))
+    log.info("accepted request from %s", identity.subject, extra={"request_id": request_id})
+    return JSONResponse({"request_id": request_id, "status": "accepted"}, status_code=202)
+
+
+def _may_read(identity: Identity, requester: tuple[str, str] | None, auditors: list[str]) -> bool:
+    if set(identity.groups) & set(auditors):
+        return True
+    return requester == (identity.issuer, identity.subject)
+
+
+async def get_query(request: Request) -> JSONResponse:
+    ing = _state(request)
+    request_id = request.path_params["request_id"]
+    try:
+        identity = await ing.authenticate(request)
+    except IdentityError as err:
+        return _error(401, err.code, err.message)
+    try:
+        wait = float(request.query_params.get("wait", "0"))
+    except ValueError:
+        return _error(400, "bad_request", "wait must be a number of seconds")
+    deadline = time.monotonic() + max(0.0, min(wait, ing.settings.ingress.max_wait_s))
+    auditors = ing.settings.ingress.auditor_groups
+    while True:
+        snap = ing.index.get(request_id)
+        if snap is not None and snap["requester"] is not None:
+            if not _may_read(identity, snap["requester"], auditors):
+                return _error(403, "forbidden", "this request belongs to another caller")
+            if snap["terminal"]:
+                return JSONResponse(snap["body"])
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    if snap is None or (snap["requester"] is None and not _may_read(identity, None, auditors)):
+        return _error(404, "not_found", f"no outcome known for request {request_id}")
+    return JSONResponse(snap["body"])
+
+
+async def post_action(request: Request) -> JSONResponse:
+    ing = _state(request)
+    try:
+        identity = await ing.authenticate(request)
+    except IdentityError as err:
+        return _error(401, err.code, err.message)
+    body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
+    event = build_action(body, identity=identity)
+    await run_in_threadpool(ing.publish, "actions", event)
+    log.info("action reported by %s", identity.subject, extra={"request_id": event.request_id})
+    return JSONResponse({"request_id": event.request_id, "event_id": event.event_id}, status_code=202)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    ing = _state(request)
+
+    def probe() -> bool:
+        try:
+            ing.producer.list_topics(timeout=2.0)
+            return True
+        except Exception:  # KafkaException or a transport error: not ready either way
+            return False
+
+    if not await run_in_threadpool(probe):
+        return _error(503, "kafka_unavailable", "Kafka is unreachable")
+    return JSONResponse({"status": "ready", "outcome_index": ing.indexer.assigned.is_set()})
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+async def dev_discovery(request: Request) -> JSONResponse:
+    from ingress import devissuer
+
+    return JSONResponse(devissuer.discovery_document(_state(request).settings))
+
+
+async def dev_jwks(request: Request) -> JSONResponse:
+    from ingress import devissuer
+
+    return JSONResponse(await run_in_threadpool(devissuer.jwks_document, _state(request).settings))
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal error")
+
+
+def create_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> Starlette:
+    """The ingress app; the producer and the outcome index start with the app's lifespan."""
+    ingress = _Ingress(settings, verifier)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(ingress.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(ingress.stop)
+
+    routes = [
+        Route("/v1/queries", post_query, methods=["POST"]),
+        Route("/v1/queries/{request_id}", get_query, methods=["GET"]),
+        Route("/v1/actions", post_action, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    if settings.identity.dev_issuer_enabled:
+        prefix = "/" + settings.identity.dev_issuer_url.split("://", 1)[-1].partition("/")[2].strip("/")
+        routes += [
+            Route(f"{prefix}/.well-known/openid-configuration", dev_discovery, methods=["GET"]),
+            Route(f"{prefix}/jwks.json", dev_jwks, methods=["GET"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.ingress = ingress
+    return app
