@@ -57,6 +57,7 @@ class KafkaSettings(_Frozen):
     partitions: int = 3
     replication_factor: int = 1
     schema_registry_url: str | None = None  # when set, Confluent framing is used to produce
+    delivery_timeout_s: float = 30.0  # a produce fails (naming the broker) after this, never hangs
 
     def confluent_config(self) -> dict[str, Any]:
         """librdkafka settings shared by every confluent-kafka client."""
@@ -163,12 +164,15 @@ class ExecutorSettings(_Frozen):
 
 
 class LocalStackSettings(_Frozen):
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.4.0"  # keep equal to infra/kafka.py KAFKA_VERSION (why: see there)
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "-Xms256m -Xmx1g"
     fakesnow_port: int = 18080
     java_home: Path | None = None
+    jar_cache: Path | None = None  # Maven-downloaded Kafka jars; default: home/cache
+    fakesnow_startup_timeout_s: float = 60.0
+    kafka_startup_timeout_s: float = 90.0
 
 
 class Settings(BaseSettings):
