@@ -1,0 +1,55 @@
+"""Finding rules: one small module per rule, run in this order (sqlglot ``optimizer/`` style).
+
+Each rule is ``rule(ctx: Context) -> Iterable[Finding]`` over the qualified statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from processors.analysis.findings.cartesian_join import cartesian_join
+from processors.analysis.findings.data_export import data_export
+from processors.analysis.findings.dynamic_sql import dynamic_sql
+from processors.analysis.findings.full_table_scan import full_table_scan
+from processors.analysis.findings.parse_error import parse_error
+from processors.analysis.findings.privileged_table import privileged_table
+from processors.analysis.findings.role_change import role_change
+from processors.analysis.findings.select_star_sensitive import select_star_sensitive
+from processors.analysis.findings.select_star_unknown import select_star_unknown
+from processors.analysis.findings.sensitive_predicate import sensitive_predicate
+from processors.analysis.findings.unbounded_write import unbounded_write
+from processors.analysis.findings.unknown_statement import unknown_statement
+from processors.analysis.findings.unresolved_column import unresolved_column
+from processors.analysis.findings.unresolved_table import unresolved_table
+from processors.analysis.model import Finding
+
+if TYPE_CHECKING:
+    from processors.analysis.analyser import Context
+
+__all__ = ["RULES", "run_rules"]
+
+Rule = Callable[["Context"], Iterable[Finding]]
+
+RULES: tuple[Rule, ...] = (
+    parse_error,
+    unknown_statement,
+    unresolved_table,
+    unresolved_column,
+    select_star_unknown,
+    role_change,
+    dynamic_sql,
+    data_export,
+    unbounded_write,
+    privileged_table,
+    select_star_sensitive,
+    sensitive_predicate,
+    cartesian_join,
+    full_table_scan,
+)
+
+
+def run_rules(ctx: Context) -> Iterator[Finding]:
+    """All findings of every rule, in rule order."""
+    for rule in RULES:
+        yield from rule(ctx)

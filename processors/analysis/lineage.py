@@ -1,0 +1,243 @@
+"""Trace columns of a qualified sqlglot tree back to catalog columns.
+
+Works on the output of ``sqlglot.optimizer.qualify`` (every column carries its source alias,
+stars are expanded where the catalog knows the table) and its scopes. A column reaches a
+catalog column through aliases, CTEs, derived tables, set operations (by position), scalar
+subqueries and lateral FLATTEN (the flattened values are the input column's values).
+
+A source is *pass-through* when the value reaches the output unchanged apart from case,
+trimming or a cast; anything else (concatenation, SPLIT_PART, CASE, aggregates, ...) makes it
+a *derived* source. ``COUNT`` arguments are not sources at all: a count carries no value.
+Columns that cannot be resolved are recorded and still mapped to every candidate table, so a
+classification by column-name glob keeps applying (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from processors.catalog import Catalog
+
+__all__ = ["Lineage", "Sources", "table_fq"]
+
+Sources = dict[str, bool]  # fq column -> pass-through?
+
+_PASSTHROUGH = (exp.Upper, exp.Lower, exp.Trim, exp.Cast, exp.TryCast, exp.Paren, exp.Alias, exp.ToChar)
+_NO_VALUE = (exp.Count, exp.ApproxDistinct)
+_FLATTEN_NO_VALUE = frozenset({"SEQ", "INDEX"})
+_SUBQUERY = (exp.Select, exp.SetOperation)
+
+
+def table_fq(table: exp.Table) -> str | None:
+    """``DB.SCHEMA.TABLE`` of a qualified table node, None when not a plain 3-part name."""
+    if not isinstance(table.this, exp.Identifier):
+        return None  # IDENTIFIER('...'), a stage, a table function
+    db = table.args.get("db")
+    cat = table.args.get("catalog")
+    if not isinstance(db, exp.Identifier) or not isinstance(cat, exp.Identifier):
+        return None
+    return f"{cat.name}.{db.name}.{table.name}"
+
+
+def _partial_name(table: exp.Table) -> str:
+    """A best-effort name for an unresolvable table, ``?`` for unknown parts."""
+    if not isinstance(table.this, exp.Identifier):
+        return table.this.sql("snowflake")  # IDENTIFIER('x'), @stage
+    parts = [table.args.get("catalog"), table.args.get("db"), table.this]
+    return ".".join(p.name if isinstance(p, exp.Identifier) else "?" for p in parts)
+
+
+def _merge(into: Sources, more: Mapping[str, bool], passthrough: bool = True) -> None:
+    for fq, pure in more.items():
+        into[fq] = into.get(fq, False) or (pure and passthrough)
+
+
+@dataclass
+class Lineage:
+    """Column lineage for one qualified statement; build once, query many times."""
+
+    root: exp.Expr
+    catalog: Catalog
+    scopes: list[Scope] = field(init=False)
+    unresolved_tables: set[str] = field(default_factory=set)
+    unresolved_columns: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.scopes = (
+            traverse_scope(self.root) if isinstance(self.root, exp.Query) or self._has_query() else []
+        )
+        self._scope_of = {id(sc.expression): sc for sc in self.scopes}
+        self._memo: dict[tuple[int, str, str], Sources] = {}
+
+    def _has_query(self) -> bool:
+        return self.root.find(exp.Select) is not None
+
+    def scope_for(self, node: exp.Expr) -> Scope | None:
+        return self._scope_of.get(id(node))
+
+    # tables ---------------------------------------------------------------------------------
+    def table_name(self, table: exp.Table) -> str:
+        """Resolved name, or a ``?``-padded partial name recorded as unresolved."""
+        fq = table_fq(table)
+        if fq is None or self.catalog.table(fq) is None:
+            name = fq or _partial_name(table)
+            self.unresolved_tables.add(name)
+            return name
+        return fq
+
+    # columns --------------------------------------------------------------------------------
+    def column_sources(self, scope: Scope | None, col: exp.Column, sources: Mapping | None = None) -> Sources:
+        """Catalog columns whose values flow into ``col`` as seen from ``scope``."""
+        key = (id(scope), col.table, col.name)
+        if sources is None and key in self._memo:
+            return self._memo[key]
+        self._memo[key] = {}  # cycle guard (recursive CTEs)
+        found = self._column_sources(scope, col, sources)
+        if sources is None:
+            self._memo[key] = found
+        return found
+
+    def _lookup(self, scope: Scope | None, alias: str) -> exp.Table | Scope | None:
+        while scope is not None:  # correlated references reach the enclosing scopes
+            src = scope.sources.get(alias)
+            if src is not None:
+                return src
+            scope = scope.parent
+        return None
+
+    def _column_sources(self, scope: Scope | None, col: exp.Column, sources: Mapping | None) -> Sources:
+        name = col.name
+        if isinstance(col.this, exp.Star):
+            return {}
+        alias = col.table
+        if not alias:
+            return self._unqualified(scope, col, sources)
+        src = sources.get(alias) if sources is not None else self._lookup(scope, alias)
+        if src is None:
+            self.unresolved_columns.add(f"{alias}.{name}")
+            return {}
+        return self._from_source(src, name)
+
+    def _unqualified(self, scope: Scope | None, col: exp.Column, sources: Mapping | None) -> Sources:
+        """qualify left it unqualified: unknown column, or ambiguous. Map it to every candidate."""
+        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        out: Sources = {}
+        hits = 0
+        for src in cands.values():
+            if isinstance(src, exp.Table):
+                fq = table_fq(src)
+                info = self.catalog.table(fq) if fq else None
+                if info is not None and info.column(col.name) is None:
+                    continue
+                if info is not None:
+                    hits += 1
+                _merge(out, {f"{fq or _partial_name(src)}.{col.name}": True})
+            elif isinstance(src, Scope):
+                names = src.expression.named_selects if isinstance(src.expression, _SUBQUERY) else []
+                if col.name in names:
+                    hits += 1
+                    _merge(out, self._from_source(src, col.name))
+        if hits != 1 or len(out) != 1:
+            self.unresolved_columns.add(col.name)
+        return out
+
+    def _from_source(self, src: exp.Table | Scope, name: str) -> Sources:
+        if isinstance(src, exp.Table):
+            fq = self.table_name(src)
+            info = self.catalog.table(fq)
+            if info is not None and info.column(name) is None:
+                self.unresolved_columns.add(f"{fq}.{name}")
+            return {f"{fq}.{name}": True}
+        expr = src.expression
+        if isinstance(expr, exp.UDTF):
+            # LATERAL FLATTEN(input => c.tags) AS f: f.VALUE etc. are pieces of c.tags
+            if name in _FLATTEN_NO_VALUE:
+                return {}
+            out: Sources = {}
+            for inner in expr.find_all(exp.Column):
+                _merge(out, self.column_sources(src, inner), passthrough=False)
+            return out
+        return self.projection_sources(src, name)
+
+    def projection_sources(self, scope: Scope, name: str) -> Sources:
+        """Sources of the projection ``name`` of a query scope (set operations by position)."""
+        expr = scope.expression
+        if isinstance(expr, exp.SetOperation):
+            try:
+                index = expr.named_selects.index(name)
+            except ValueError:
+                self.unresolved_columns.add(name)
+                return {}
+            return self.position_sources(scope, index)
+        if not isinstance(expr, exp.Select):
+            return {}
+        for proj in expr.selects:
+            if proj.alias_or_name == name:
+                return self.expr_sources(scope, proj)
+        self.unresolved_columns.add(name)
+        return {}
+
+    def position_sources(self, scope: Scope, index: int) -> Sources:
+        """Sources of the ``index``-th output of a select or set operation scope."""
+        expr = scope.expression
+        if isinstance(expr, exp.SetOperation):
+            out: Sources = {}
+            for branch in scope.set_operation_scopes:
+                _merge(out, self.position_sources(branch, index))
+            return out
+        if isinstance(expr, exp.Select) and index < len(expr.selects):
+            return self.expr_sources(scope, expr.selects[index])
+        return {}
+
+    def expr_sources(self, scope: Scope | None, expr: exp.Expr, sources: Mapping | None = None) -> Sources:
+        """Catalog columns an expression's value depends on, with pass-through flags."""
+        core = expr
+        while isinstance(core, _PASSTHROUGH):
+            core = core.this
+        if isinstance(core, exp.Column):
+            return dict(self.column_sources(scope, core, sources))
+        out: Sources = {}
+        for node in self._walk(expr):
+            if isinstance(node, exp.Column):
+                _merge(out, self.column_sources(scope, node, sources), passthrough=False)
+            elif isinstance(node, _SUBQUERY):
+                sub = self.scope_for(node)
+                if sub is not None:
+                    for i in range(len(node.named_selects) or 1):
+                        _merge(out, self.position_sources(sub, i), passthrough=False)
+        return out
+
+    @staticmethod
+    def _walk(expr: exp.Expr) -> Iterable[exp.Expr]:
+        stack = [expr]
+        while stack:
+            node = stack.pop()
+            yield node
+            if isinstance(node, (*_SUBQUERY, *_NO_VALUE)) and node is not expr:
+                continue  # subqueries are resolved as their own scope; counts carry no value
+            if isinstance(node, _NO_VALUE):
+                continue
+            stack.extend(node.iter_expressions())
+
+    def columns_in(
+        self, scope: Scope | None, nodes: Iterable[exp.Expr | None], sources: Mapping | None = None
+    ) -> Sources:
+        """Catalog columns referenced anywhere in ``nodes`` (not inside nested subqueries)."""
+        out: Sources = {}
+        for top in nodes:
+            if top is None:
+                continue
+            stack = [top]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, exp.Column):
+                    _merge(out, self.column_sources(scope, node, sources), passthrough=False)
+                    continue
+                if isinstance(node, _SUBQUERY):
+                    continue
+                stack.extend(node.iter_expressions())
+        return out
