@@ -1,0 +1,38 @@
+-- Costly scans: requests whose SQL the analyser flagged as a full_table_scan, or whose estimated
+-- bytes exceed {{bytes_threshold}}, with the prompt that produced the SQL and what it really scanned.
+-- Placeholders: {{since}}, {{until}}, {{bytes_threshold}}.
+WITH dec AS (
+  SELECT * FROM (
+    SELECT request_id, occurred_at AS decided_at, subject, issuer, decision, findings, estimated_bytes,
+           sql_text, tables,
+           row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, `offset`) AS rn
+    FROM querytrail.audit.events
+    WHERE event_type = 'PolicyDecided'
+      AND (array_contains(findings, 'full_table_scan') OR coalesce(estimated_bytes, 0) > {{bytes_threshold}})
+      AND occurred_at >= {{since}} AND occurred_at < {{until}}) t WHERE rn = 1
+), req AS (
+  SELECT * FROM (
+    SELECT request_id, prompt, model, repository, run_id,
+           row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, `offset`) AS rn
+    FROM querytrail.audit.events WHERE event_type = 'QueryRequested') t WHERE rn = 1
+), done AS (
+  SELECT request_id, max(bytes_scanned) AS bytes_scanned, max(rows_returned) AS rows_returned
+  FROM querytrail.audit.events WHERE event_type = 'QueryCompleted' GROUP BY request_id
+)
+SELECT dec.request_id,
+       dec.decided_at,
+       dec.subject,
+       array_contains(dec.findings, 'full_table_scan') AS full_table_scan,
+       dec.estimated_bytes,
+       done.bytes_scanned,
+       dec.decision,
+       dec.tables,
+       req.model,
+       req.repository,
+       req.run_id,
+       req.prompt,
+       dec.sql_text
+FROM dec
+LEFT JOIN req ON req.request_id = dec.request_id
+LEFT JOIN done ON done.request_id = dec.request_id
+ORDER BY coalesce(done.bytes_scanned, dec.estimated_bytes, 0) DESC, dec.decided_at
