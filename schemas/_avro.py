@@ -47,12 +47,13 @@ class _Longs(dict[int, bytes]):
     def __init__(self, bits: int) -> None:
         super().__init__((i, encode_long(i)) for i in range(-_SMALL, _SMALL))
         self._lo, self._hi = -(1 << (bits - 1)), 1 << (bits - 1)
+        self._type = "int" if bits == 32 else "long"
 
     def __missing__(self, v: int) -> bytes:
         if not isinstance(v, int):
             raise TypeError(f"expected int, got {type(v).__name__}")
         if not self._lo <= v < self._hi:
-            raise OverflowError(f"{v} out of range for the Avro type")
+            raise OverflowError(f"{v} out of range for an Avro {self._type}")
         return encode_long(v)
 
 

@@ -18,15 +18,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
 
 from schemas import events
 from schemas._avro import compile_record
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 AVSC_DIR = Path(__file__).parent / "avsc"
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _CONFLUENT_MAGIC = 0
+_VALUE = re.compile(r" is <.*> of type <class '([^']*)'>", re.DOTALL)
 _NAMESPACE = "io.querytrail.events"
 _CLASSES: dict[str, type] = {
     n: c for n in events.__all__ if isinstance(c := getattr(events, n), type) and n not in ("Verdict",)
@@ -180,8 +183,21 @@ class EventCodec:
             prefix = self._registry_prefix(type(event), name)
         try:
             return enc(event, prefix)
-        except Exception as exc:  # any library or type error is the caller's bad value
-            raise EncodeError(f"cannot encode {name} {getattr(event, 'event_id', '?')}: {exc!r}") from exc
+        except Exception as exc:  # any type or range error is the caller's bad value
+            where = self._explain(event, name)
+            raise EncodeError(f"cannot encode {name} {event.event_id}: {exc!r}{where}") from exc
+
+    def _explain(self, event: Any, name: str) -> str:
+        """Error path only: let fastavro's validator name the offending field."""
+        try:
+            validate(asdict(event), self._current[name].parsed, raise_errors=True)
+        except ValidationError as exc:
+            # Keep the field path and types, drop the value: it may be a secret (a token in the wrong field).
+            fields = "; ".join(_VALUE.sub(r" is a \1", str(e)) for e in exc.errors)
+            return f" ({fields})"
+        except Exception:  # noqa: S110 - best effort: the original error is reported anyway
+            pass
+        return ""
 
     def _registry_prefix(self, cls: type, name: str) -> bytes:
         cached = self._registry_prefixes.get(cls)
