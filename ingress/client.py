@@ -79,9 +79,9 @@ def fetch_github_actions_token(
             "with 'permissions: id-token: write'"
         )
     try:
+        # The URL already carries a query (api-version); params= would replace it, so merge.
         resp = httpx.get(
-            url,
-            params={"audience": audience},
+            httpx.URL(url).copy_merge_params({"audience": audience}),
             headers={"Authorization": f"bearer {bearer}", "Accept": "application/json"},
             timeout=timeout_s,
         )

@@ -61,8 +61,15 @@ class Issuer:
     ) -> str:
         key = key or self.keys[0]
         issued = int(now if now is not None else time.time())
-        payload: dict[str, Any] = {"iss": self.url, "sub": "ci-bot", "aud": aud, "iat": issued,
-                                   "nbf": issued, "exp": issued + ttl, **claims}
+        payload: dict[str, Any] = {
+            "iss": self.url,
+            "sub": "ci-bot",
+            "aud": aud,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + ttl,
+            **claims,
+        }
         for name in drop:
             payload.pop(name, None)
         return jwt.encode(payload, key.private, algorithm=key.alg, headers={"kid": kid or key.kid})
@@ -77,7 +84,7 @@ class IssuerServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 server.hits[self.path] += 1
                 name, _, rest = self.path.lstrip("/").partition("/")
                 issuer = server.issuers.get(name)
@@ -120,5 +127,3 @@ class IssuerServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-

@@ -13,10 +13,10 @@ import uuid
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from ingress_oidc import Issuer, IssuerServer, SigningKey
 
 from ingress.identity import IdentityError, TokenVerifier
 from querytrail.settings import IssuerSettings
-from ingress_oidc import Issuer, IssuerServer, SigningKey
 
 
 def _b64(data: bytes) -> str:
@@ -63,25 +63,42 @@ def test_valid_tokens_from_two_issuers(verifier: TokenVerifier, corp: Issuer, gh
     assert verifier.verify(es).groups == ("ops", "data")
 
     token = gha.mint(
-        sub="repo:acme/etl:ref:refs/heads/main", groups=["ci"], repository="acme/etl", workflow="nightly",
-        ref="refs/heads/main", run_id="4242", sha="abc123", actor="octocat",
+        sub="repo:acme/etl:ref:refs/heads/main",
+        groups=["ci"],
+        repository="acme/etl",
+        workflow="nightly",
+        ref="refs/heads/main",
+        run_id="4242",
+        sha="abc123",
+        actor="octocat",
     )
     ident = verifier.verify(token)
     assert ident.issuer == gha.url and ident.service_account
     assert (ident.repository, ident.workflow, ident.ref, ident.run_id, ident.sha, ident.actor) == (
-        "acme/etl", "nightly", "refs/heads/main", "4242", "abc123", "octocat")
+        "acme/etl",
+        "nightly",
+        "refs/heads/main",
+        "4242",
+        "abc123",
+        "octocat",
+    )
     verified = ident.to_verified()
     assert verified.subject == "repo:acme/etl:ref:refs/heads/main"
     assert json.loads(verified.claims_json)["repository"] == "acme/etl"
-    assert verified.claims_json == json.dumps(json.loads(verified.claims_json), sort_keys=True,
-                                              separators=(",", ":"))
+    assert verified.claims_json == json.dumps(
+        json.loads(verified.claims_json), sort_keys=True, separators=(",", ":")
+    )
     assert token not in verified.claims_json
 
 
 def test_claim_map_per_issuer(issuer_server: IssuerServer) -> None:
     gitlab = issuer_server.add("gitlab", "RS256")
-    v = _verifier(IssuerSettings(issuer=gitlab.url, claim_map={"repository": "project_path",
-                                                                "run_id": "pipeline_id", "actor": "user_login"}))
+    v = _verifier(
+        IssuerSettings(
+            issuer=gitlab.url,
+            claim_map={"repository": "project_path", "run_id": "pipeline_id", "actor": "user_login"},
+        )
+    )
     ident = v.verify(gitlab.mint(project_path="acme/etl", pipeline_id=77, user_login="dev"))
     assert (ident.repository, ident.run_id, ident.actor) == ("acme/etl", "77", "dev")
 
@@ -124,17 +141,38 @@ def test_signature_by_unknown_key(verifier: TokenVerifier, corp: Issuer) -> None
 
 def test_alg_none_refused(verifier: TokenVerifier, corp: Issuer) -> None:
     header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": corp.keys[0].kid}).encode())
-    payload = _b64(json.dumps({"iss": corp.url, "sub": "admin", "aud": "querytrail",
-                               "iat": int(time.time()), "exp": int(time.time()) + 300}).encode())
+    payload = _b64(
+        json.dumps(
+            {
+                "iss": corp.url,
+                "sub": "admin",
+                "aud": "querytrail",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 300,
+            }
+        ).encode()
+    )
     assert _code(verifier, f"{header}.{payload}.") == "disallowed_algorithm"
 
 
 def test_hs256_with_public_key_as_secret_refused(verifier: TokenVerifier, corp: Issuer) -> None:
-    public_pem = corp.keys[0].private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = (
+        corp.keys[0]
+        .private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": corp.keys[0].kid}).encode())
-    payload = _b64(json.dumps({"iss": corp.url, "sub": "admin", "aud": "querytrail",
-                               "iat": int(time.time()), "exp": int(time.time()) + 300}).encode())
+    payload = _b64(
+        json.dumps(
+            {
+                "iss": corp.url,
+                "sub": "admin",
+                "aud": "querytrail",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 300,
+            }
+        ).encode()
+    )
     signing_input = f"{header}.{payload}".encode()
     sig = _b64(hmac.new(public_pem, signing_input, hashlib.sha256).digest())
     assert _code(verifier, f"{header}.{payload}.{sig}") == "disallowed_algorithm"
@@ -174,9 +212,18 @@ def test_configured_jwks_uri_skips_discovery(issuer_server: IssuerServer, corp: 
 
 def test_unreachable_issuer(corp: Issuer) -> None:
     v = _verifier(IssuerSettings(issuer="http://127.0.0.1:9/nowhere"))
-    token = jwt.encode({"iss": "http://127.0.0.1:9/nowhere", "sub": "x", "aud": "querytrail",
-                        "iat": int(time.time()), "exp": int(time.time()) + 60},
-                       corp.keys[0].private, algorithm="RS256", headers={"kid": "k"})
+    token = jwt.encode(
+        {
+            "iss": "http://127.0.0.1:9/nowhere",
+            "sub": "x",
+            "aud": "querytrail",
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 60,
+        },
+        corp.keys[0].private,
+        algorithm="RS256",
+        headers={"kid": "k"},
+    )
     assert _code(v, token) == "issuer_unavailable"
 
 
@@ -192,8 +239,9 @@ def test_key_rotation_accepted_after_one_refetch(issuer_server: IssuerServer, co
     assert issuer_server.jwks_hits(corp) == 2
 
 
-def test_flood_of_unknown_kids_fetches_at_most_once_per_interval(issuer_server: IssuerServer,
-                                                                 corp: Issuer) -> None:
+def test_flood_of_unknown_kids_fetches_at_most_once_per_interval(
+    issuer_server: IssuerServer, corp: Issuer
+) -> None:
     interval = 1.0
     v = _verifier(IssuerSettings(issuer=corp.url), interval=interval)
     v.verify(corp.mint())

@@ -1,0 +1,343 @@
+"""The HTTP ingress over real HTTP (uvicorn) against the real broker, reading the Avro events back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from ingress_kafka import free_port, publish, read_topic, serve, topic_bytes
+from ingress_oidc import Issuer, IssuerServer
+
+from ingress import devissuer
+from ingress.app import create_app
+from ingress.credentials import CredentialVerifier
+from ingress.identity import TokenVerifier
+from ingress.sealing import ensure_keys
+from querytrail.settings import IssuerSettings, Settings
+from schemas.codec import EventCodec
+from schemas.events import (
+    PolicyDecided,
+    QueryCompleted,
+    ResultColumn,
+    ResultPage,
+    VerifiedIdentity,
+    new_event_id,
+    producer,
+    utcnow,
+)
+
+pytestmark = pytest.mark.integration
+codec = EventCodec()
+BODY = {
+    "prompt": "count customers",
+    "sql": "select count(*) from customers",
+    "model": "claude-test",
+    "target": {"profile": "analytics", "database": "ANALYTICS", "schema": "PUBLIC"},
+    "context": {"repository": "acme/etl", "run_id": "7"},
+}
+
+
+@pytest.fixture
+def corp(issuer_server: IssuerServer) -> Issuer:
+    return issuer_server.add("corp", "ES256")
+
+
+@pytest.fixture
+def stack(qt_settings: Callable[..., Settings], corp: Issuer) -> Iterator[tuple[Settings, str]]:
+    port = free_port()
+    settings = qt_settings(
+        identity={
+            "dev_issuer_enabled": True,
+            "dev_issuer_url": f"http://127.0.0.1:{port}/dev-issuer",
+            "issuers": [IssuerSettings(issuer=corp.url)],
+            "jwks_min_refetch_interval_s": 1.0,
+        },
+        ingress={"max_body_bytes": 4096, "auditor_groups": ["auditor"], "publish_timeout_s": 5.0},
+        limits={"max_prompt_bytes": 1000, "max_sql_bytes": 1000},
+    )
+    ensure_keys(settings)
+    app = create_app(settings)
+    with serve(app, port) as url:
+        # The outcome index must be reading before tests publish outcomes.
+        deadline = time.monotonic() + 20
+        while not app.state.ingress.indexer.assigned.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield settings, url
+
+
+def _token(settings: Settings, sub: str, groups: tuple[str, ...] = ("ci",), **kw: Any) -> str:
+    return devissuer.mint_token(
+        settings, sub=sub, groups=list(groups), claims={"repository": "acme/etl"}, **kw
+    )
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _no_token_in(tokens: list[str], *blobs: bytes | str) -> None:
+    for token in tokens:
+        sig = token.rsplit(".", 1)[-1]
+        for blob in blobs:
+            data = blob.encode() if isinstance(blob, str) else blob
+            assert token.encode() not in data and sig.encode() not in data
+
+
+def test_submit_publishes_attested_request(
+    stack: tuple[Settings, str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings, url = stack
+    token = _token(settings, "ci-bot")
+    resp = httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth(token), timeout=30)
+    assert resp.status_code == 202, resp.text
+    rid = resp.json()["request_id"]
+    [(key, value)] = read_topic(settings, "requests", 1)
+    assert key == rid.encode()
+    event = codec.decode(value)
+    assert event.event_type == "QueryRequested" and event.request_id == rid
+    assert (event.prompt, event.sql, event.model) == (BODY["prompt"], BODY["sql"], BODY["model"])
+    assert (event.target.profile, event.target.database, event.target.schema) == (
+        "analytics",
+        "ANALYTICS",
+        "PUBLIC",
+    )
+    assert (event.context.repository, event.context.run_id) == ("acme/etl", "7")
+    cred = event.credential
+    assert cred.sealed_token is None and cred.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    assert cred.attested.subject == "ci-bot" and cred.attested.groups == ("ci",)
+    # The worker's check: attestation over this request id, token hash, claims and statement.
+    identity = CredentialVerifier.from_settings(settings).verify(cred, request_id=rid, sql=event.sql)
+    assert identity.subject == "ci-bot" and identity.repository == "acme/etl"
+    _no_token_in([token], value, caplog.text, capsys.readouterr().out)
+
+
+def test_identity_rejections_answer_401_and_are_recorded(
+    stack: tuple[Settings, str],
+    corp: Issuer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings, url = stack
+    now = time.time()
+    cases = {
+        "expired": _token(settings, "ci-bot", ttl_s=5, now=now - 3600),
+        "wrong_audience": _token(settings, "ci-bot", audience="other"),
+        "unknown_key": corp.mint(kid="rotated-away"),
+        "not_yet_valid": corp.mint(now=now + 3600),
+        "malformed": "garbage-token",
+    }
+    rejected: dict[str, str] = {}
+    for code, token in cases.items():
+        resp = httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth(token), timeout=30)
+        assert resp.status_code == 401, (code, resp.text)
+        assert resp.json()["error"] == code
+        rejected[resp.json()["request_id"]] = token
+    resp = httpx.post(f"{url}/v1/queries", json=BODY, timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (401, "missing_token")
+    records = read_topic(settings, "results", len(cases) + 1)
+    events = {e.request_id: e for e in (codec.decode(v) for _, v in records)}
+    assert len(events) == len(cases) + 1
+    for rid, token in rejected.items():
+        event = events[rid]
+        assert (event.event_type, event.stage) == ("QueryRejected", "identity")
+        assert event.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+        assert event.reason_code == {v: k for k, v in cases.items()}[token]
+    missing = events[resp.json()["request_id"]]
+    assert (missing.reason_code, missing.token_sha256) == ("missing_token", None)
+    assert read_topic(settings, "requests", 1, timeout=2) == []  # nothing was requested
+    _no_token_in(list(cases.values())[:-1], *(v for _, v in records), caplog.text, capsys.readouterr().out)
+
+
+def test_request_errors(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    h = _auth(_token(settings, "ci-bot"))
+
+    def post(**kw: Any) -> tuple[int, str]:
+        resp = httpx.post(f"{url}/v1/queries", headers={**h, **kw.pop("headers", {})}, timeout=30, **kw)
+        return resp.status_code, resp.json()["error"]
+
+    assert post(content=b"{not json", headers={"Content-Type": "application/json"}) == (400, "invalid_json")
+    assert post(json=[1, 2]) == (400, "invalid_json")
+    assert post(json={"prompt": "p", "model": "m"}) == (422, "invalid_request")
+    assert post(json={**BODY, "target": 5}) == (422, "invalid_request")
+    assert post(json={**BODY, "target": "nope"}) == (422, "unknown_target")
+    assert post(json={**BODY, "max_rows": -1}) == (422, "invalid_request")
+    assert post(json={**BODY, "prompt": "x" * 1001}) == (413, "prompt_too_large")
+    assert post(json={**BODY, "sql": "select " + "1," * 600 + "1"}) == (413, "sql_too_large")
+    assert post(json={**BODY, "context": {"x": "y" * 5000}}) == (413, "body_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    assert post(content=chunks()) == (413, "body_too_large")
+    resp = httpx.get(f"{url}/v1/queries/unknown-id?wait=0", headers=h, timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (404, "not_found")
+    resp = httpx.get(f"{url}/v1/queries/x?wait=soon", headers=h, timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (400, "bad_request")
+    resp = httpx.get(f"{url}/v1/nothing", timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (404, "not_found")
+    resp = httpx.get(f"{url}/v1/queries/x", timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (401, "missing_token")
+    assert read_topic(settings, "requests", 1, timeout=2) == []  # no invalid request was published
+
+
+def _identity(settings: Settings, sub: str) -> VerifiedIdentity:
+    return VerifiedIdentity(
+        subject=sub,
+        issuer=settings.identity.dev_issuer_url,
+        groups=("ci",),
+        claims_json=json.dumps({"sub": sub}),
+        token_sha256="0" * 64,
+    )
+
+
+def _outcome_events(settings: Settings, rid: str, sub: str) -> tuple[list[Any], list[Any]]:
+    common = {"request_id": rid, "occurred_at": utcnow(), "producer": producer("worker")}
+    decided = PolicyDecided(
+        event_id=new_event_id(),
+        **common,
+        decision="allow",
+        rules=("ci-reads",),
+        reasons=(),
+        statement="select",
+        tables=("ANALYTICS.PUBLIC.CUSTOMERS",),
+        findings=(),
+        masked_columns=(),
+        policy_sha256="p" * 64,
+        identity=_identity(settings, sub),
+        sql_text=BODY["sql"],
+    )
+    done = QueryCompleted(
+        event_id=new_event_id(),
+        **common,
+        row_count=2,
+        columns=(ResultColumn(name="N", type="NUMBER", masked=False),),
+        elapsed_ms=3,
+        result_sha256="r" * 64,
+        pages=1,
+        truncated=False,
+    )
+    page = ResultPage(
+        event_id=new_event_id(), **common, page=0, rows_json="[[1],[2]]", row_offset=0, last=True
+    )
+    return [decided], [page, done]
+
+
+def test_ownership_and_long_poll(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    alice, bob = _auth(_token(settings, "alice")), _auth(_token(settings, "bob"))
+    auditor = _auth(_token(settings, "carol", groups=("auditor",)))
+    rid = httpx.post(f"{url}/v1/queries", json=BODY, headers=alice, timeout=30).json()["request_id"]
+
+    def get(h: dict[str, str], request_id: str = rid, wait: float = 0) -> httpx.Response:
+        return httpx.get(f"{url}/v1/queries/{request_id}?wait={wait}", headers=h, timeout=60)
+
+    assert get(alice).json()["status"] == "pending"
+    assert (get(bob).status_code, get(bob).json()["error"]) == (403, "forbidden")
+    assert get(auditor).status_code == 200
+    decisions, results = _outcome_events(settings, rid, "alice")
+    started = time.monotonic()
+    publish(settings, "decisions", *decisions)
+    publish(settings, "results", *results)
+    body = get(alice, wait=20).json()
+    assert time.monotonic() - started < 15
+    assert body["status"] == "completed" and body["decision"]["rules"] == ["ci-reads"]
+    assert body["result"]["rows"] == [[1], [2]] and body["result"]["columns"][0]["name"] == "N"
+    assert get(bob).status_code == 403
+
+    # A request that came straight to Kafka (CLI path): its requester comes from PolicyDecided.
+    other = new_event_id()
+    decisions, results = _outcome_events(settings, other, "bob")
+    publish(settings, "decisions", *decisions)
+    publish(settings, "results", *results)
+    assert get(bob, other, wait=20).json()["status"] == "completed"
+    assert get(alice, other).status_code == 403
+    assert get(auditor, other).json()["result"]["row_count"] == 2
+
+
+def test_actions_health_openapi_and_dev_issuer(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    token = _token(settings, "reporter-svc")
+    resp = httpx.post(
+        f"{url}/v1/actions",
+        headers=_auth(token),
+        timeout=30,
+        json={
+            "request_id": "r-1",
+            "action": "wrote report",
+            "system": "looker",
+            "details": {"dashboard": 7},
+            "row_count": 2,
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    [(key, value)] = read_topic(settings, "actions", 1)
+    event = codec.decode(value)
+    assert key == b"r-1" and event.event_type == "DownstreamActionReported"
+    assert (event.action, event.system, event.row_count, event.reporter.subject) == (
+        "wrote report",
+        "looker",
+        2,
+        "reporter-svc",
+    )
+    assert json.loads(event.details_json) == {"dashboard": 7}
+    resp = httpx.post(f"{url}/v1/actions", headers=_auth(token), json={"request_id": "r"}, timeout=30)
+    assert (resp.status_code, resp.json()["error"]) == (422, "invalid_request")
+
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    doc = httpx.get(f"{url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.1") and {
+        "/v1/queries",
+        "/v1/queries/{request_id}",
+        "/v1/actions",
+    } <= set(doc["paths"])
+
+    # The dev issuer's discovery and JWKS are served, and a verifier using them over HTTP accepts its tokens.
+    disc = httpx.get(f"{url}/dev-issuer/.well-known/openid-configuration").json()
+    assert disc["issuer"] == settings.identity.dev_issuer_url
+    over_http = TokenVerifier([IssuerSettings(issuer=disc["issuer"], algorithms=["EdDSA", "ES256"])])
+    assert over_http.verify(token).subject == "reporter-svc"
+
+
+def test_dev_issuer_not_served_when_disabled(qt_settings: Callable[..., Settings]) -> None:
+    settings = qt_settings(identity={"dev_issuer_enabled": False})
+    ensure_keys(settings)
+    with serve(create_app(settings), free_port()) as url:
+        assert httpx.get(f"{url}/dev-issuer/jwks.json").status_code == 404
+        token = devissuer.mint_token(settings, sub="ci-bot")
+        resp = httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth(token), timeout=30)
+        assert (resp.status_code, resp.json()["error"]) == (401, "unknown_issuer")
+
+
+def test_kafka_unreachable_answers_503(qt_settings: Callable[..., Settings]) -> None:
+    closed = free_port()  # nothing listens there
+    good = qt_settings()
+    settings = qt_settings(
+        kafka={"bootstrap_servers": f"127.0.0.1:{closed}"},
+        identity={"dev_issuer_enabled": True},
+        ingress={"publish_timeout_s": 2.0},
+    )
+    ensure_keys(settings)
+    token = _token(settings, "ci-bot")
+    with serve(create_app(settings), free_port()) as url:
+        resp = httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth(token), timeout=30)
+        assert (resp.status_code, resp.json()["error"]) == (503, "kafka_unavailable")
+        resp = httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth("bad-token"), timeout=30)
+        assert resp.status_code == 503  # a refusal that cannot be recorded is not answered as if it were
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    # Same topic prefix on the real broker: nothing (not even a partial record) was published.
+    assert topic_bytes(good, "requests", settle=1.0) == []
+    assert topic_bytes(good, "results", settle=1.0) == []
