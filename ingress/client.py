@@ -185,9 +185,8 @@ class QueryClient:
 
     def submit(self, *, token: str, request_id: str | None = None, **fields: Any) -> Submission:
         """Position a waiter at the current log ends, then produce the request (acks=all)."""
-        from schemas.codec import key_for
-
         from infra.producer import make_consumer, make_producer, produce_sync
+        from schemas.codec import key_for
         from schemas.events import new_event_id
 
         request_id = request_id or new_event_id()
