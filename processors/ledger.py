@@ -1,0 +1,134 @@
+"""The executor's durable at-most-once record (SQLite, fsynced on every change).
+
+A request moves ``recorded`` -> ``started`` -> ``finished`` -> ``reported``:
+
+- ``recorded``: the row exists (so no redelivery can take the same request or nonce again)
+  but ExecutionStarted is not yet published; the statement has certainly not been sent.
+- ``started``: ExecutionStarted is published and flushed; the statement may be running.
+- ``finished``: the statement returned (its outcome stored); results may not be published.
+- ``reported``: the terminal events are published and flushed.
+
+After a crash, ``started`` rows are reported as ``outcome_unknown`` and never rerun.
+Refused authorisations are remembered by event id so a redelivery is not refused twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["Ledger", "LedgerRow"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS executions (
+    request_id TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL UNIQUE,
+    authorization_event_id TEXT NOT NULL,
+    session_id TEXT,
+    statement_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    recorded_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
+    event_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    refused_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    request_id: str
+    nonce: str
+    authorization_event_id: str
+    session_id: str | None
+    statement_sha256: str
+    state: str
+    outcome: str | None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Ledger:
+    """One SQLite file; every write is its own transaction with synchronous=FULL."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # FULL + rollback journal: the commit returns only after the file is fsynced
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        nonce: str,
+        authorization_event_id: str,
+        session_id: str | None,
+        statement_sha256: str,
+    ) -> bool:
+        """Claim a request and nonce. False when either was ever claimed before (single use)."""
+        try:
+            self._db.execute(
+                "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
+                (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _set(self, request_id: str, state: str, outcome: str | None = None) -> None:
+        self._db.execute(
+            "UPDATE executions SET state = ?, outcome = COALESCE(?, outcome), updated_at = ? "
+            "WHERE request_id = ?",
+            (state, outcome, _now(), request_id),
+        )
+
+    def mark_started(self, request_id: str) -> None:
+        self._set(request_id, "started")
+
+    def mark_finished(self, request_id: str, outcome: str) -> None:
+        self._set(request_id, "finished", outcome)
+
+    def mark_reported(self, request_id: str, outcome: str | None = None) -> None:
+        self._set(request_id, "reported", outcome)
+
+    def get(self, request_id: str) -> LedgerRow | None:
+        row = self._db.execute(
+            "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, state, "
+            "outcome FROM executions WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return LedgerRow(*row) if row else None
+
+    def unreported(self) -> list[LedgerRow]:
+        """Rows a previous run left before ``reported`` (crash recovery), oldest first."""
+        rows = self._db.execute(
+            "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, state, "
+            "outcome FROM executions WHERE state != 'reported' ORDER BY recorded_at"
+        ).fetchall()
+        return [LedgerRow(*r) for r in rows]
+
+    def refuse(self, event_id: str, request_id: str, reason_code: str) -> bool:
+        """Remember a refused authorisation; False when it was refused before (redelivery)."""
+        try:
+            self._db.execute(
+                "INSERT INTO refused VALUES (?, ?, ?, ?)", (event_id, request_id, reason_code, _now())
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
