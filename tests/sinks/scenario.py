@@ -116,8 +116,10 @@ def request(
     cols = (
         columns
         if columns is not None
-        else tuple(ev.ResultColumn(name=o, type="TEXT", masked=True, classification=c) for o, c in masked)
-        + (ev.ResultColumn(name="ID", type="NUMBER"),)
+        else (
+            *tuple(ev.ResultColumn(name=o, type="TEXT", masked=True, classification=c) for o, c in masked),
+            ev.ResultColumn(name="ID", type="NUMBER"),
+        )
     )
     out += [
         ev.ExecutionStarted(

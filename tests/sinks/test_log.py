@@ -58,7 +58,7 @@ def test_sealed_tokens_never_reach_payload_json(log_settings) -> None:  # type: 
 
 
 def test_hot_columns_are_typed(log_settings) -> None:  # type: ignore[no-untyped-def]
-    names, rows = run_sql(
+    _names, rows = run_sql(
         _rows(log_settings),
         "select subject, decision, tables, findings, estimated_bytes "
         "from events where event_type = 'PolicyDecided' and request_id = 'scan-full'",
@@ -98,7 +98,7 @@ def test_report_time_window(log_settings) -> None:  # type: ignore[no-untyped-de
 
     from .scenario import DAY
 
-    names, rows = run_report(_rows(log_settings), "privileged-access", since=DAY + timedelta(hours=12))
+    _names, rows = run_report(_rows(log_settings), "privileged-access", since=DAY + timedelta(hours=12))
     assert [r[0] for r in rows] == ["priv-day"]
 
 
