@@ -44,8 +44,9 @@ def encode_long(v: int) -> bytes:
 class _Longs(dict[int, bytes]):
     """int -> varint bytes; small values precomputed, others computed (and not cached)."""
 
-    def __init__(self, bits: int) -> None:
-        super().__init__((i, encode_long(i)) for i in range(-_SMALL, _SMALL))
+    def __init__(self, bits: int, prefix: bytes = b"") -> None:
+        super().__init__((i, prefix + encode_long(i)) for i in range(-_SMALL, _SMALL))
+        self._prefix = prefix
         self._lo, self._hi = -(1 << (bits - 1)), 1 << (bits - 1)
         self._type = "int" if bits == 32 else "long"
 
@@ -54,7 +55,7 @@ class _Longs(dict[int, bytes]):
             raise TypeError(f"expected int, got {type(v).__name__}")
         if not self._lo <= v < self._hi:
             raise OverflowError(f"{v} out of range for an Avro {self._type}")
-        return encode_long(v)
+        return self._prefix + encode_long(v)
 
 
 def _read_long(d: bytes, p: int) -> tuple[int, int]:
@@ -87,11 +88,14 @@ class _Gen:
         self.classes = classes
         self.named: dict[str, dict[str, Any]] = {}
         self.done: set[str] = set()
+        self.inlining: set[str] = set()
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "_L": _Longs(64),
             "_I": _Longs(32),
             "_B": {True: b"\x01", False: b"\x00"},
+            "_UL1": _Longs(64, b"\x02"),  # [null, T] union, branch 1, + length
+            "_UL0": _Longs(64, b"\x00"),  # [T, null] union, branch 0, + length
             "_EPOCH": _EPOCH,
             "_US": _US,
             "_TD": timedelta,
@@ -133,7 +137,8 @@ class _Gen:
         return str(t["type"])
 
     # ---- encoders: a list of bytes expressions, concatenated in order
-    def enc(self, t: Any, v: str) -> list[str]:
+    def enc(self, t: Any, v: str, inline: bool = False) -> list[str]:
+        """Parts for value expression ``v`` (evaluated exactly once); ``inline`` flattens a record."""
         t = self.resolve(t)
         k = self.kind(t)
         if k == "null":
@@ -159,6 +164,8 @@ class _Gen:
             self.ns[table] = {s: encode_long(i) for i, s in enumerate(t["symbols"])}
             return [f"{table}[{v}]"]
         if k == "record":
+            if inline:
+                return self.record_parts(t, v)
             return [f"{self.record(t)[0]}({v})"]
         if k in ("array", "map"):
             x, i = self.var(), self.var("i")
@@ -178,10 +185,30 @@ class _Gen:
         if len(t) != 2 or "null" not in t:
             raise ValueError(f"only [null, T] unions are supported, got {t!r}")
         null_i = t.index("null")
-        other = t[1 - null_i]
+        other = self.resolve(t[1 - null_i])
         x = self.var()
-        parts = " + ".join([repr(encode_long(1 - null_i)), *self.enc(other, x)])
+        if self.kind(other) in ("string", "bytes"):
+            # One table lookup gives branch index and length prefix together.
+            table = "_UL1" if null_i == 0 else "_UL0"
+            y = self.var()
+            src = f"{x}.encode()" if self.kind(other) == "string" else x
+            return (
+                f"({table}[len({y} := {src})] + {y} if ({x} := {v}) is not None else {encode_long(null_i)!r})"
+            )
+        branch = encode_long(1 - null_i)
+        if self.kind(other) == "record":  # the branch byte goes in as the encoder's prefix
+            return f"({self.record(other)[0]}({x}, {branch!r}) if ({x} := {v}) is not None else {encode_long(null_i)!r})"
+        parts = " + ".join([repr(branch), *self.enc(other, x)])
         return f"(({parts}) if ({x} := {v}) is not None else {encode_long(null_i)!r})"
+
+    def record_parts(self, t: dict[str, Any], v: str) -> list[str]:
+        """A record's fields flattened into the caller's parts (saves a call and a join)."""
+        r = self.var("r")
+        parts: list[str] = []
+        for i, f in enumerate(t["fields"]):
+            expr = f"({r} := {v}).{f['name']}" if i == 0 else f"{r}.{f['name']}"
+            parts += self.enc(f["type"], expr, inline=True)
+        return parts
 
     # ---- decoders: statements that leave the value in `target`, advancing p
     def read_long(self, target: str, ind: str) -> list[str]:
@@ -194,13 +221,24 @@ class _Gen:
             f"{ind}    {target}, p = _rl(d, p)",
         ]
 
-    def read_sized(self, ind: str) -> list[str]:
-        """Length-prefixed bytes: leaves the slice end in `e` and start in `p`."""
+    def read_sized(self, target: str, conv: str, ind: str) -> list[str]:
+        """Length-prefixed bytes or string. A length past the end only yields a short slice:
+        the next read raises IndexError or the caller sees p > n, so no check is needed here;
+        a negative length would move p backwards and is refused."""
         return [
-            *self.read_long("ln", ind),
-            f"{ind}e = p + ln",
-            f"{ind}if ln < 0 or e > n:",
-            f"{ind}    raise _Bad('length prefix runs past the end of the data')",
+            f"{ind}b = d[p]",
+            f"{ind}if b < 128:",
+            f"{ind}    if b & 1:",
+            f"{ind}        raise _Bad('negative length')",
+            f"{ind}    e = p + 1 + (b >> 1)",
+            f"{ind}    {target} = d[p + 1:e]{conv}",
+            f"{ind}else:",
+            f"{ind}    ln, p = _rl(d, p)",
+            f"{ind}    if ln < 0:",
+            f"{ind}        raise _Bad('negative length')",
+            f"{ind}    e = p + ln",
+            f"{ind}    {target} = d[p:e]{conv}",
+            f"{ind}p = e",
         ]
 
     def dec(self, t: Any, target: str, ind: str) -> list[str]:
@@ -209,9 +247,9 @@ class _Gen:
         if k == "null":
             return [f"{ind}{target} = None"]
         if k == "string":
-            return [*self.read_sized(ind), f"{ind}{target} = d[p:e].decode()", f"{ind}p = e"]
+            return self.read_sized(target, ".decode()", ind)
         if k == "bytes":
-            return [*self.read_sized(ind), f"{ind}{target} = d[p:e]", f"{ind}p = e"]
+            return self.read_sized(target, "", ind)
         if k in ("long", "int"):
             out = self.read_long(target, ind)
             if k == "int":
@@ -232,7 +270,7 @@ class _Gen:
             size, s = (4, "_F") if k == "float" else (8, "_D")
             return [f"{ind}{target}, = {s}.unpack_from(d, p)", f"{ind}p += {size}"]
         if k == "timestamp-micros":
-            return [*self.read_long("ts", ind), f"{ind}{target} = _EPOCH + _TD(microseconds=ts)"]
+            return [*self.read_long("ts", ind), f"{ind}{target} = _EPOCH + _TD(0, 0, ts)"]
         if k == "enum":
             table = self.var("_SY")
             self.ns[table] = tuple(t["symbols"])
@@ -243,7 +281,9 @@ class _Gen:
                 f"{ind}{target} = {table}[ix]",
             ]
         if k == "record":
-            return [f"{ind}{target}, p = {self.record(t)[1]}(d, p, n)"]
+            if t["name"] in self.inlining:  # recursive type: call instead of inlining forever
+                return [f"{ind}{target}, p = {self.record(t)[1]}(d, p, n)"]
+            return self.record_dec(t, target, ind)
         if k in ("array", "map"):
             acc, cnt, item = self.var("acc"), self.var("cnt"), self.var("it")
             out = [f"{ind}{acc} = {'[]' if k == 'array' else '{}'}", f"{ind}while True:"]
@@ -289,17 +329,26 @@ class _Gen:
         self.ns[f"_C_{name}"] = cls
         parts: list[str] = []
         for f in t["fields"]:
-            parts += self.enc(f["type"], f"o.{f['name']}")
+            parts += self.enc(f["type"], f"o.{f['name']}", inline=True)
         enc = [f'def {enc_name}(o, pre=b""):', f'    return b"".join((pre, {", ".join(parts)}))']
-        dec = [f"def {dec_name}(d, p, n):"]
-        for i, f in enumerate(t["fields"]):
-            dec += self.dec(f["type"], f"f{i}", "    ")
-        items = ", ".join(f"{f['name']!r}: f{i}" for i, f in enumerate(t["fields"]))
-        # Frozen dataclass __init__ sets each field through object.__setattr__; setting the
-        # instance dict in one go is ~5x faster and yields an equal object (no __post_init__).
-        dec += [f"    o = _new(_C_{name})", f"    _set(o, '__dict__', {{{items}}})", "    return o, p"]
+        dec = [f"def {dec_name}(d, p, n):", *self.record_dec(t, "o", "    "), "    return o, p"]
         self.lines += ["", *enc, "", *dec]
         return enc_name, dec_name
+
+    def record_dec(self, t: dict[str, Any], target: str, ind: str) -> list[str]:
+        """A record's field decoders inlined into the caller, then the dataclass built."""
+        name = t["name"]
+        self.ns[f"_C_{name}"] = self.classes[name]
+        self.inlining.add(name)
+        out: list[str] = []
+        names = [self.var("f") for _ in t["fields"]]
+        for f, var in zip(t["fields"], names, strict=True):
+            out += self.dec(f["type"], var, ind)
+        self.inlining.discard(name)
+        items = ", ".join(f"{f['name']!r}: {var}" for f, var in zip(t["fields"], names, strict=True))
+        # Frozen dataclass __init__ sets each field through object.__setattr__; setting the
+        # instance dict in one go is faster and yields an equal object (there is no __post_init__).
+        return [*out, f"{ind}{target} = _new(_C_{name})", f"{ind}_set({target}, '__dict__', {{{items}}})"]
 
 
 def compile_record(schema: dict[str, Any], classes: dict[str, type]) -> CodecFunctions:

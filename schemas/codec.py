@@ -254,6 +254,8 @@ class EventCodec:
             except Exception as exc:  # truncation, bad utf-8, overflow: the body is not a valid event
                 raise DecodeError("corrupt_body", f"{name}: {exc!r}") from exc
             if end != n:
+                if end > n:  # a length prefix ran past the end (the generated code leaves this check here)
+                    raise DecodeError("corrupt_body", f"{name}: truncated, {end - n} bytes missing")
                 raise DecodeError("trailing_bytes", f"{name}: {n - end} bytes after the body")
             if obj.event_type != name:
                 raise DecodeError("corrupt_body", f"event_type {obj.event_type!r} in a {name} record")
