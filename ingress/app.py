@@ -44,6 +44,15 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
 
 
+def _refused(err: IdentityError, **extra: Any) -> JSONResponse:
+    """401 with the specific reason (503 when the issuer's keys could not be fetched: retry later)."""
+    if err.code == "issuer_unavailable":
+        return _error(503, err.code, err.message, **extra)
+    resp = _error(401, err.code, err.message, **extra)
+    resp.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{err.code}"'
+    return resp
+
+
 def _bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
@@ -82,9 +91,9 @@ class _Ingress:
     def publish(self, topic: str, event: Any) -> None:
         """Produce one event and wait for its delivery report; ApiError 503 when it is not acknowledged."""
         from confluent_kafka import KafkaException
-        from schemas.codec import key_for
 
         from infra.producer import KafkaUnavailableError, produce_sync
+        from schemas.codec import key_for
 
         value = self.codec.encode(event)
         try:
@@ -139,7 +148,7 @@ async def post_query(request: Request) -> JSONResponse:
     except IdentityError as err:
         log.info("refused caller: %s", err.code, extra={"request_id": request_id})
         await run_in_threadpool(ing.reject_identity, request_id, token, err)
-        return _error(401, err.code, err.message, request_id=request_id)
+        return _refused(err, request_id=request_id)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
     event = build_query(
         body,
@@ -167,7 +176,7 @@ async def get_query(request: Request) -> JSONResponse:
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
-        return _error(401, err.code, err.message)
+        return _refused(err)
     try:
         wait = float(request.query_params.get("wait", "0"))
     except ValueError:
@@ -194,7 +203,7 @@ async def post_action(request: Request) -> JSONResponse:
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
-        return _error(401, err.code, err.message)
+        return _refused(err)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
     event = build_action(body, identity=identity)
     await run_in_threadpool(ing.publish, "actions", event)

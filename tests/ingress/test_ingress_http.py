@@ -115,6 +115,7 @@ def test_submit_publishes_attested_request(
     # The worker's check: attestation over this request id, token hash, claims and statement.
     identity = CredentialVerifier.from_settings(settings).verify(cred, request_id=rid, sql=event.sql)
     assert identity.subject == "ci-bot" and identity.repository == "acme/etl"
+    assert "accepted request" in caplog.text
     _no_token_in([token], value, caplog.text, capsys.readouterr().out)
 
 
@@ -142,6 +143,7 @@ def test_identity_rejections_answer_401_and_are_recorded(
         rejected[resp.json()["request_id"]] = token
     resp = httpx.post(f"{url}/v1/queries", json=BODY, timeout=30)
     assert (resp.status_code, resp.json()["error"]) == (401, "missing_token")
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     records = read_topic(settings, "results", len(cases) + 1)
     events = {e.request_id: e for e in (codec.decode(v) for _, v in records)}
     assert len(events) == len(cases) + 1
@@ -153,6 +155,7 @@ def test_identity_rejections_answer_401_and_are_recorded(
     missing = events[resp.json()["request_id"]]
     assert (missing.reason_code, missing.token_sha256) == ("missing_token", None)
     assert read_topic(settings, "requests", 1, timeout=2) == []  # nothing was requested
+    assert caplog.text.count("refused caller") == len(cases) + 1  # the scan below covers real log lines
     _no_token_in(list(cases.values())[:-1], *(v for _, v in records), caplog.text, capsys.readouterr().out)
 
 
