@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -143,10 +143,35 @@ def _tables() -> dict[str, Any]:
     }
 
 
+_mock_registries: dict[str, Any] = {}
+_mock_lock = threading.Lock()
+
+
+def _registry_client(url: str, config: dict[str, Any]) -> Any:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    if not url.startswith("mock://"):
+        return SchemaRegistryClient({**config, "url": url})
+    # confluent-kafka's mock keeps its store per client object; a registry is shared by everyone
+    # using the url, so codecs in one process (producer and consumer in a test) share one mock.
+    with _mock_lock:
+        if url not in _mock_registries:
+            _mock_registries[url] = SchemaRegistryClient.new_client({**config, "url": url})
+        return _mock_registries[url]
+
+
 class EventCodec:
     """Encodes events to bytes and decodes bytes to events. Build one and reuse it."""
 
-    def __init__(self, registry_url: str | None = None, *, registry_client: Any = None) -> None:
+    def __init__(
+        self,
+        registry_url: str | None = None,
+        *,
+        registry_config: Mapping[str, Any] | None = None,
+        registry_client: Any = None,
+    ) -> None:
+        """``registry_url`` switches encoding to Confluent framing; ``registry_config`` adds client
+        settings (e.g. ``basic.auth.user.info``); ``registry_client`` supplies a ready client."""
         tables = _tables()
         self._current: dict[str, SchemaVersion] = tables["current"]
         self._conv = tables["conv"]
@@ -161,10 +186,7 @@ class EventCodec:
                 self._by_fp[v.fingerprint] = self._resolving_reader(v.name, v.parsed, f"{v.name} {v.version}")
         self._registry = registry_client
         if self._registry is None and registry_url:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
-            # new_client gives the in-process mock for mock:// urls (tests) and the real client otherwise.
-            self._registry = SchemaRegistryClient.new_client({"url": registry_url})
+            self._registry = _registry_client(registry_url, dict(registry_config or {}))
         self._by_id: dict[int, _Reader] = {}
         self._registry_prefixes: dict[type, bytes] = {}
         self._registry_lock = threading.Lock()

@@ -73,6 +73,14 @@ def test_confluent_round_trip(registry_codec: EventCodec, event: Any) -> None:
     assert registry_codec.decode(CODEC.encode(event)) == event
 
 
+def test_codecs_on_one_mock_url_share_the_registry() -> None:
+    producer, consumer = EventCodec("mock://shared-url"), EventCodec("mock://shared-url")
+    other = EventCodec("mock://another-url")
+    other.encode(_query_requested(sealed=None))  # takes id 1 in its own registry
+    page = _result_page()
+    assert consumer.decode(producer.encode(page)) == page
+
+
 def test_registry_subject_is_record_name(registry_codec: EventCodec) -> None:
     registry_codec.encode(_result_page())
     subjects = registry_codec._registry.get_subjects()
