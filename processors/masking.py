@@ -138,6 +138,9 @@ def plan_masking(
         raise MaskingError("no parsed statement to mask")
     if "select_star_unknown" in analysis.finding_codes or any(o.name == "*" for o in analysis.output_columns):
         raise MaskingError("a * could not be expanded, so its columns cannot be masked")
+    opaque = [o.name for o in analysis.output_columns if not o.resolved]
+    if opaque:
+        raise MaskingError(f"output(s) {', '.join(opaque)} depend on names only known at run time")
     plans = [_choose(o, masks_by_classification, classifier) for o in analysis.output_columns]
     if not any(plans):
         return analysis.sql, ()

@@ -15,7 +15,7 @@ from sqlglot.optimizer.qualify_tables import qualify_tables
 
 from processors.analysis.fingerprint import fingerprint
 from processors.analysis.kinds import is_location, statement_kind
-from processors.analysis.lineage import Lineage, Sources
+from processors.analysis.lineage import OPAQUE, Lineage, Sources
 from processors.analysis.model import Analysis, Classifier, Finding, OutputColumn
 from processors.catalog import Catalog, CatalogError, normalise_identifier
 
@@ -46,6 +46,7 @@ class Context:
     predicates: Sources = field(default_factory=dict)
     star_selects: dict[int, frozenset[str]] = field(default_factory=dict)  # id(select) -> explicit names
     parse_error: str | None = None
+    failed: bool = False  # analysis gave up part-way: nothing here may be trusted for masking
 
     def classification(self, fq_column: str) -> str | None:
         """Catalog classification first, then the classifier (policy globs)."""
@@ -110,7 +111,15 @@ def _qualify(ctx: Context, database: str | None, schema: str | None) -> None:
     normalize_identifiers(node, dialect="snowflake")
     qualify_tables(node, db=_session_ident(schema), catalog=_session_ident(database), dialect="snowflake")
     if node.find(exp.Select) is not None:
-        qualify_columns(node, ctx.catalog.sqlglot_schema(), expand_alias_refs=True, expand_stars=True)
+        # partial qualification: c.nosuch is reported as unresolved_column by the lineage
+        # step instead of sqlglot raising for the whole statement
+        qualify_columns(
+            node,
+            ctx.catalog.sqlglot_schema(),
+            expand_alias_refs=True,
+            expand_stars=True,
+            allow_partial_qualification=True,
+        )
 
 
 def _cte_names(node: exp.Expr) -> set[str]:
@@ -142,7 +151,9 @@ def _written_target(node: exp.Expr) -> list[exp.Table]:
 
 def _restricts(pred: exp.Expr, alias: str | None) -> bool:
     """A condition that narrows ``alias``'s rows by itself (not a join equality, not ``1 = 1``)."""
-    cols = list(pred.find_all(exp.Column))
+    cols = [
+        c for c in pred.find_all(exp.Column) if c.find_ancestor(exp.Select) is pred.find_ancestor(exp.Select)
+    ]
     if not cols:
         return False
     if alias is None:
@@ -179,9 +190,13 @@ def _collect_tables(ctx: Context) -> None:
             if isinstance(node, (exp.Update, exp.Delete)):
                 ctx.scanned[name] = ctx.scanned.get(name, True) and _filtered(t, lineage)
     if ctx.kind == "describe":
+        # DESCRIBE reads metadata only: the table is touched (policy, tags) but not scanned
+        if isinstance(node.this, exp.Table) and not is_location(node.this):
+            ctx.tables_read.add(lineage.table_name(node.this))
         return
+    scans = not (isinstance(node, exp.Create) and str(node.args.get("kind") or "").upper() == "VIEW")
     ctes = _cte_names(node)
-    for t in node.find_all(exp.Table):
+    for t in _read_candidates(node):
         if id(t) in written_ids or (isinstance(node, exp.Copy) and t is node.this):
             continue
         if is_location(t):
@@ -196,7 +211,20 @@ def _collect_tables(ctx: Context) -> None:
             continue
         name = lineage.table_name(t)
         ctx.tables_read.add(name)
-        ctx.scanned[name] = ctx.scanned.get(name, True) and _filtered(t, lineage)
+        if scans:
+            ctx.scanned[name] = ctx.scanned.get(name, True) and _filtered(t, lineage)
+
+
+def _read_candidates(node: exp.Expr) -> list[exp.Table]:
+    """Table nodes that may be read: for DDL only those inside its query or CLONE source."""
+    if ctx_kind_is_ddl(node):
+        roots = [node.args.get("expression"), node.args.get("clone")] if isinstance(node, exp.Create) else []
+        return [t for r in roots if r is not None for t in r.find_all(exp.Table)]
+    return list(node.find_all(exp.Table))
+
+
+def ctx_kind_is_ddl(node: exp.Expr) -> bool:
+    return statement_kind(node) == "ddl"
 
 
 def _fq_or_partial(t: exp.Table) -> str:
@@ -219,14 +247,21 @@ def _outputs(ctx: Context, names: list[str | None]) -> None:
     if names and None not in names and len(names) == len(final):
         final = [n or "" for n in names]
     for i, name in enumerate(final):
-        srcs = lineage.position_sources(scope, i)
+        srcs = dict(lineage.position_sources(scope, i))
+        opaque = srcs.pop(OPAQUE, None) is not None or name == "*"
         passthrough = tuple(sorted(fq for fq, pure in srcs.items() if pure))
         ctype = None
         if len(srcs) == 1 and passthrough:
             col = ctx.catalog.column(passthrough[0])
             ctype = col.type if col else None
         ctx.outputs.append(
-            OutputColumn(name=name, sources=tuple(sorted(srcs)), passthrough=passthrough, type=ctype)
+            OutputColumn(
+                name=name,
+                sources=tuple(sorted(srcs)),
+                passthrough=passthrough,
+                type=ctype,
+                resolved=not opaque,
+            )
         )
 
 
@@ -247,13 +282,23 @@ def _predicates(ctx: Context) -> None:
                 # a subquery inside WHERE/JOIN/...: what it selects is compared, not returned
                 for i in range(len(expr.selects)):
                     _add(ctx.predicates, lineage.position_sources(scope, i))
-        elif isinstance(expr, exp.SetOperation):
-            _add(ctx.predicates, lineage.columns_in(scope, [expr.args.get("order")]))
+        elif isinstance(expr, exp.SetOperation) and expr.args.get("order") is not None:
+            # ORDER BY of a set operation names its output columns
+            names = expr.named_selects
+            for col in expr.args["order"].find_all(exp.Column):
+                if col.name in names:
+                    _add(ctx.predicates, lineage.position_sources(scope, names.index(col.name)))
+                else:
+                    lineage.unresolved_columns.add(col.name)
     if isinstance(node, (exp.Update, exp.Delete, exp.Merge)):
-        sources: dict[str, exp.Table] = {}
+        sources: dict[str, Any] = {}
         for t in node.find_all(exp.Table):
             if t.find_ancestor(exp.Select) is None:
                 sources[t.alias_or_name] = t
+        for sub in node.find_all(exp.Subquery):
+            sub_scope = lineage.scope_for(sub.this)
+            if sub.alias and sub_scope is not None and sub.find_ancestor(exp.Select) is None:
+                sources[sub.alias] = sub_scope  # MERGE ... USING (SELECT ...) s
         parts = [node.args.get("where"), node.args.get("on")]
         for when in node.find_all(exp.When):
             parts.append(when.args.get("condition"))
@@ -262,7 +307,8 @@ def _predicates(ctx: Context) -> None:
 
 def _add(into: Sources, more: Sources) -> None:
     for k in more:
-        into[k] = False
+        if k != OPAQUE:
+            into[k] = False
 
 
 def _analyse_one(ctx: Context, database: str | None, schema: str | None) -> None:
@@ -280,6 +326,7 @@ def _analyse_one(ctx: Context, database: str | None, schema: str | None) -> None
         # sqlglot refuses (or trips over) some valid-looking SQL: fail closed, never "no findings"
         ctx.parse_error = f"cannot analyse: {type(exc).__name__}: {str(exc)[:200]}"
         ctx.outputs.clear()
+        ctx.failed = True
         log.info("analysis failed: %s", ctx.parse_error)
 
 
@@ -348,7 +395,7 @@ def analyse(
         findings=tuple(findings),
         estimated_bytes=est,
         fingerprint=fp,
-        parsed=None if multi or error else one.node,
+        parsed=None if multi or error or one.failed else one.node,
         sql=sql,
         database=database,
         schema=schema,

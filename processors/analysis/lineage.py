@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from processors.catalog import Catalog
+from processors.catalog import Catalog, CatalogError, normalise_identifier
 
-__all__ = ["Lineage", "Sources", "table_fq"]
+__all__ = ["OPAQUE", "Lineage", "Sources", "table_fq"]
 
 Sources = dict[str, bool]  # fq column -> pass-through?
+OPAQUE = "?"  # a source key meaning "depends on something only known at run time"
 
 _PASSTHROUGH = (exp.Upper, exp.Lower, exp.Trim, exp.Cast, exp.TryCast, exp.Paren, exp.Alias, exp.ToChar)
 _NO_VALUE = (exp.Count, exp.ApproxDistinct)
@@ -136,6 +137,8 @@ class Lineage:
                 if info is not None:
                     hits += 1
                 _merge(out, {f"{fq or _partial_name(src)}.{col.name}": True})
+                if fq is None:
+                    out[OPAQUE] = False
             elif isinstance(src, Scope):
                 names = src.expression.named_selects if isinstance(src.expression, _SUBQUERY) else []
                 if col.name in names:
@@ -151,6 +154,8 @@ class Lineage:
             info = self.catalog.table(fq)
             if info is not None and info.column(name) is None:
                 self.unresolved_columns.add(f"{fq}.{name}")
+            if table_fq(src) is None:  # IDENTIFIER($t), a stage, no session schema: unknowable
+                return {f"{fq}.{name}": True, OPAQUE: False}
             return {f"{fq}.{name}": True}
         expr = src.expression
         if isinstance(expr, exp.UDTF):
@@ -204,12 +209,27 @@ class Lineage:
         for node in self._walk(expr):
             if isinstance(node, exp.Column):
                 _merge(out, self.column_sources(scope, node, sources), passthrough=False)
+            elif isinstance(node, exp.DynamicIdentifier):
+                _merge(out, self._dynamic(scope, node, sources), passthrough=False)
             elif isinstance(node, _SUBQUERY):
                 sub = self.scope_for(node)
                 if sub is not None:
                     for i in range(len(node.named_selects) or 1):
                         _merge(out, self.position_sources(sub, i), passthrough=False)
         return out
+
+    def _dynamic(self, scope: Scope | None, node: exp.DynamicIdentifier, sources: Mapping | None) -> Sources:
+        """IDENTIFIER('email') is the column EMAIL; IDENTIFIER($v) is unknowable (OPAQUE)."""
+        arg = node.this
+        if isinstance(arg, exp.Literal) and arg.is_string:
+            try:
+                name = normalise_identifier(arg.this)
+            except CatalogError:
+                name = ""
+            if name and "." not in name:
+                return self._unqualified(scope, exp.column(exp.to_identifier(name)), sources)
+        self.unresolved_columns.add(node.sql("snowflake"))
+        return {OPAQUE: False}
 
     @staticmethod
     def _walk(expr: exp.Expr) -> Iterable[exp.Expr]:

@@ -25,6 +25,7 @@ class OutputColumn:
     # operations): format-preserving masks (email, last4) are only sound on these
     passthrough: tuple[str, ...] = ()
     type: str | None = None  # catalog type when the column is a pass-through of one source
+    resolved: bool = True  # False: depends on something unknowable (unexpanded *, IDENTIFIER($v))
 
 
 class Classifier(Protocol):

@@ -1,0 +1,93 @@
+"""Shared test helpers for the analysis/masking tests: the test catalog and a classifier.
+
+The classifier mirrors infra/policies/example.yaml's globs so the analyser is tested the way
+the policy uses it: catalog classifications first, then column-name globs.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from processors.catalog import Catalog
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CATALOG = Catalog.load(FIXTURES / "analysis_catalog.yaml")
+
+GLOBS = (
+    ("*.*.*.EMAIL", "pii.email"),
+    ("*.*.*.*_EMAIL", "pii.email"),
+    ("*.*.*.SSN", "pii.ssn"),
+    ("*.*.*.PHONE", "pii.phone"),
+    ("*.*.*.CARD_NUMBER", "pii.card"),
+    ("*.*.*.FULL_NAME", "pii.name"),
+    ("*.*.*.MFA_SECRET", "secret"),
+    ("*.*.*.PASSWORD*", "secret"),
+)
+TAGS = (("SECURITY.*.*", "privileged"), ("SNOWFLAKE.ACCOUNT_USAGE.*", "privileged"))
+MASKS = {
+    "pii.email": "email",
+    "pii.ssn": "last4",
+    "pii.phone": "last4",
+    "pii.card": "last4",
+    "pii.name": "hash",
+    "secret": "nullify",
+    "internal": "redact",
+}
+
+
+class GlobClassifier:
+    """Catalog classification first, then the first matching glob (case-insensitive)."""
+
+    def __init__(self, catalog: Catalog = CATALOG) -> None:
+        self.catalog = catalog
+
+    def column_classification(self, fq_column: str) -> str | None:
+        col = self.catalog.column(fq_column)
+        if col is not None and col.classification:
+            return col.classification
+        for glob, name in GLOBS:
+            if fnmatchcase(fq_column.upper(), glob):
+                return name
+        return None
+
+    def table_tags(self, fq_table: str) -> frozenset[str]:
+        return frozenset(tag for glob, tag in TAGS if fnmatchcase(fq_table.upper(), glob))
+
+
+def _sql(node: object) -> str:
+    return node.sql("snowflake").upper()  # type: ignore[attr-defined]
+
+
+def mask_kind_of(expr: object) -> str | None:
+    """Which mask (if any) an output expression is wrapped in, by the shape masking.py emits."""
+    from sqlglot import exp
+
+    if isinstance(expr, exp.Alias):
+        expr = expr.this
+    if isinstance(expr, exp.Literal) and expr.is_string and expr.this == "***MASKED***":
+        return "redact"
+    if isinstance(expr, exp.Cast) and isinstance(expr.this, exp.Null):
+        return "nullify"
+    if isinstance(expr, exp.SHA2) and _sql(expr.this).startswith(("TO_VARCHAR(", "TO_CHAR(")):
+        return "hash"
+    if isinstance(expr, exp.DPipe) and isinstance(expr.this, exp.Literal):
+        right = _sql(expr.expression)
+        if expr.this.this == "****@" and right.startswith(("SPLIT_PART(TO_VARCHAR(", "SPLIT_PART(TO_CHAR(")):
+            return "email"
+        if expr.this.this == "***-**-" and right.startswith(("RIGHT(TO_VARCHAR(", "RIGHT(TO_CHAR(")):
+            return "last4"
+    return None
+
+
+def outermost_projections(tree: object) -> list[list[object]]:
+    """Projections of every branch of the outermost SELECT / set operation."""
+    from sqlglot import exp
+
+    node = tree
+    while isinstance(node, exp.Subquery):
+        node = node.this
+    if isinstance(node, exp.SetOperation):
+        return outermost_projections(node.this) + outermost_projections(node.expression)
+    assert isinstance(node, exp.Select), type(node)
+    return [list(node.expressions)]
