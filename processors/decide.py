@@ -9,6 +9,7 @@ statement has no ``rewritten_sql``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,17 +93,19 @@ class _Prepared:
 
 
 _CLASSIFIERS: OrderedDict[tuple[str, str], tuple[PolicyClassifier, dict[str, str]]] = OrderedDict()
+_CLASSIFIERS_LOCK = threading.Lock()
 
 
 def _classifier(policy: Policy, catalog: Catalog) -> tuple[PolicyClassifier, dict[str, str]]:
     key = (policy.sha256, catalog.version)
-    found = _CLASSIFIERS.get(key)
-    if found is None:
-        found = (PolicyClassifier(policy, catalog), masks_for(policy, catalog))
-        _CLASSIFIERS[key] = found
-        while len(_CLASSIFIERS) > 8:
-            _CLASSIFIERS.popitem(last=False)
-    return found
+    with _CLASSIFIERS_LOCK:
+        found = _CLASSIFIERS.get(key)
+        if found is None:
+            found = (PolicyClassifier(policy, catalog), masks_for(policy, catalog))
+            _CLASSIFIERS[key] = found
+            while len(_CLASSIFIERS) > 8:
+                _CLASSIFIERS.popitem(last=False)
+        return found
 
 
 def _prepare(
@@ -249,10 +252,15 @@ class DecisionCache:
     are re-checked on every hit. Bounded LRU (``maxsize`` entries per index).
     """
 
+    # texts longer than this are looked up by fingerprint only, so the exact-text index stays
+    # small even when callers send statements up to the SQL size limit
+    MAX_TEXT_KEY = 16_384
+
     def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = maxsize
         self._by_text: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
         self._by_fingerprint: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
+        self._lock = threading.Lock()  # the worker may decide from a thread pool
         self.hits = 0
         self.misses = 0
 
@@ -260,8 +268,9 @@ class DecisionCache:
         return len(self._by_fingerprint)
 
     def clear(self) -> None:
-        self._by_text.clear()
-        self._by_fingerprint.clear()
+        with self._lock:
+            self._by_text.clear()
+            self._by_fingerprint.clear()
 
     def evaluate(
         self,
@@ -275,22 +284,33 @@ class DecisionCache:
         schema: str | None = None,
     ) -> Decision:
         context = (catalog.version, policy.sha256, identity.groups, database, schema)
-        text_key = (sql, *context)
-        prep = self._by_text.get(text_key)
+        text_key = (sql, *context) if len(sql) <= self.MAX_TEXT_KEY else None
+        with self._lock:
+            prep = self._by_text.get(text_key) if text_key is not None else None
+            if prep is not None and text_key is not None:
+                self.hits += 1
+                self._by_text.move_to_end(text_key)
         if prep is not None:
-            self.hits += 1
-            self._by_text.move_to_end(text_key)
             return _finish(prep, policy, catalog, identity.claims, now)
         fp_key = (fingerprint(sql), *context)
-        prep = self._by_fingerprint.get(fp_key)
+        with self._lock:
+            prep = self._by_fingerprint.get(fp_key)
+            if prep is not None:
+                self.hits += 1
+                self._by_fingerprint.move_to_end(fp_key)
         if prep is None:
-            self.misses += 1
-            prep = _prepare(sql, identity.groups, catalog, policy, database, schema)
-            self._store(self._by_fingerprint, fp_key, prep)
-        else:
-            self.hits += 1
-            self._by_fingerprint.move_to_end(fp_key)
-        self._store(self._by_text, text_key, prep)
+            fresh = _prepare(sql, identity.groups, catalog, policy, database, schema)  # outside the lock
+            with self._lock:
+                prep = self._by_fingerprint.get(fp_key)
+                if prep is None:
+                    self.misses += 1
+                    prep = fresh
+                    self._store(self._by_fingerprint, fp_key, prep)
+                else:
+                    self.hits += 1
+        if text_key is not None:
+            with self._lock:
+                self._store(self._by_text, text_key, prep)
         return _finish(prep, policy, catalog, identity.claims, now)
 
     def _store(

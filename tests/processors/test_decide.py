@@ -268,3 +268,24 @@ def test_decide_request_reads_target_defaults() -> None:
     assert d.tables == ("ANALYTICS.PUBLIC.CUSTOMERS",)
     cache = DecisionCache()
     assert decide_request(request, CI, CATALOG, EXAMPLE, NOON, cache=cache) == d
+
+
+def test_cache_is_safe_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = DecisionCache(maxsize=8)
+    sqls = [f"SELECT id, email FROM analytics.public.customers WHERE id = {i % 12}" for i in range(240)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda s: cache.evaluate(s, CI, CATALOG, EXAMPLE, NOON), sqls))
+    assert all(d.decision == "allow" and d.masked_columns for d in got)
+    assert cache.hits + cache.misses == len(sqls) and len(cache) <= 8
+
+
+def test_long_statements_skip_the_text_index() -> None:
+    cache = DecisionCache()
+    padding = "/*" + "x" * DecisionCache.MAX_TEXT_KEY + "*/"
+    sql = f"SELECT id FROM analytics.public.customers WHERE id = 1 {padding}"
+    first = cache.evaluate(sql, CI, CATALOG, EXAMPLE, NOON)
+    assert cache.evaluate(sql, CI, CATALOG, EXAMPLE, NOON) == first
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert not cache._by_text  # looked up by fingerprint only
