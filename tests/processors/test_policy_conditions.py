@@ -6,6 +6,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors.catalog import Catalog
 from processors.policy import (
@@ -182,3 +184,27 @@ def test_identity_from_claims() -> None:
     assert ident.groups == frozenset({"a", "b"}) and ident.subject == "s" and ident.issuer == "i"
     assert IdentityClaims.from_claims({"groups": "solo"}).groups == frozenset({"solo"})
     assert IdentityClaims.from_claims({}).groups == frozenset()
+
+
+@given(st.integers(0, 23), st.integers(0, 24))
+def test_hours_window_covers_exactly_its_length(start: int, end: int) -> None:
+    from processors.policy import parse_hours
+
+    if start == end:
+        with pytest.raises(ValueError):
+            parse_hours(f"{start:02d}-{end:02d}")
+        return
+    window = parse_hours(f"{start:02d}-{end:02d}")
+    covered = [h for h in range(24) if window.contains(h)]
+    assert len(covered) == (end - start) % 24 or ((start, end) == (0, 24) and len(covered) == 24)
+    assert (window.contains(start) and not window.contains(end % 24)) or (start, end) == (0, 24)
+
+
+@given(st.text(alphabet="abcXYZ_.$ 1", min_size=1, max_size=20))
+def test_literal_globs_match_themselves_in_any_case(name: str) -> None:
+    from processors.policy import parse_glob
+
+    glob = parse_glob(name) if name.strip() else None
+    if glob is not None:
+        assert glob.matches(name.upper()) and glob.matches(name.lower()) and glob.matches(name)
+        assert not glob.matches(name + "x")
