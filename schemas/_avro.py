@@ -11,6 +11,7 @@ timestamp-micros, uuid strings); anything else is refused when the codec is buil
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,16 @@ def _read_long(d: bytes, p: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), p
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+def _uuid_bytes(v: str) -> bytes:
+    """A uuid-typed string, which must be a canonical (lower-case, hyphenated) UUID."""
+    if _UUID(v) is None:
+        raise ValueError("not a canonical lower-case UUID string")
+    return v.encode()
+
+
 @dataclass(frozen=True)
 class CodecFunctions:
     """Generated functions for one record schema."""
@@ -100,6 +111,7 @@ class _Gen:
             "_US": _US,
             "_TD": timedelta,
             "_rl": _read_long,
+            "_uuid": _uuid_bytes,
             "_Bad": CorruptBody,
             "_new": object.__new__,
             "_set": object.__setattr__,
@@ -130,10 +142,10 @@ class _Gen:
             return t
         if t.get("logicalType") == "timestamp-micros" and t["type"] == "long":
             return "timestamp-micros"
-        if t["type"] in ("string", "long", "int", "bytes", "boolean") and "logicalType" in t:
-            if t["logicalType"] != "uuid":
-                raise ValueError(f"unsupported logical type {t['logicalType']}")
-            return str(t["type"])
+        if t["type"] == "string" and t.get("logicalType") == "uuid":
+            return "uuid"
+        if "logicalType" in t:
+            raise ValueError(f"unsupported logical type {t['logicalType']}")
         return str(t["type"])
 
     # ---- encoders: a list of bytes expressions, concatenated in order
@@ -149,6 +161,9 @@ class _Gen:
         if k == "bytes":
             x = self.var()
             return [f"_L[len({x} := {v})]", x]
+        if k == "uuid":  # refused here: fastavro and Java readers would fail on a non-UUID string
+            x = self.var()
+            return [f"_L[len({x} := _uuid({v}))]", x]
         if k == "long":
             return [f"_L[{v}]"]
         if k == "int":
@@ -246,7 +261,7 @@ class _Gen:
         k = self.kind(t)
         if k == "null":
             return [f"{ind}{target} = None"]
-        if k == "string":
+        if k in ("string", "uuid"):
             return self.read_sized(target, ".decode()", ind)
         if k == "bytes":
             return self.read_sized(target, "", ind)

@@ -157,6 +157,8 @@ def test_decoded_values_have_the_documented_types() -> None:
         ({"rows_json": b"[]"}, "ResultPage"),
         ({"event_type": "QueryRequested"}, "event_type"),
         ({"last": None}, "ResultPage"),
+        ({"event_id": "req-1"}, "UUID"),
+        ({"event_id": "01A21D3C-A431-7942-B6C6-60F3EA2097DA"}, "UUID"),
     ],
 )
 def test_encode_errors(change: dict[str, Any], match: str) -> None:
