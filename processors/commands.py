@@ -19,6 +19,7 @@ __all__ = ["register", "register_policy"]
 def register(subparsers: Any) -> None:
     """Add every processors command group."""
     register_policy(subparsers)
+    __import__("processors.pipeline_commands").pipeline_commands.register(subparsers)  # pipeline helper
 
 
 # -- policy check / lint ------------------------------------------------------------------------

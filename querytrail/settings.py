@@ -32,6 +32,7 @@ __all__ = [
     "LocalStackSettings",
     "Settings",
     "SnowflakeProfile",
+    "WorkerSettings",
     "get_settings",
 ]
 
@@ -163,6 +164,14 @@ class ExecutorSettings(_Frozen):
     authorization_max_age_s: float = 900.0
 
 
+class WorkerSettings(_Frozen):
+    authorization_ttl_s: float = 300.0  # an ExecutionAuthorized is valid this long
+    expiry_check_s: float = 1.0  # how often pending approvals are checked for expiry
+    policy_reload_s: float = 2.0  # how often the policy file is checked for changes
+    catalog_reload_s: float = 30.0  # how often the catalog topic is re-read
+    resolved_retention_s: float = 86_400.0  # resolved approvals are kept this long for late verdicts
+
+
 class LocalStackSettings(_Frozen):
     kafka_version: str = "4.4.0"  # keep equal to infra/kafka.py KAFKA_VERSION (why: see there)
     kafka_port: int = 9092
@@ -198,6 +207,7 @@ class Settings(BaseSettings):
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
     policy_path: Path | None = None  # default: infra/policies/example.yaml
     catalog_path: Path | None = None  # optional static catalog file (else the catalog topic)

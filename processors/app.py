@@ -1,0 +1,236 @@
+"""The worker: a faust-streaming app whose agents only loop, call the pure functions, publish.
+
+- ``requests`` agent: QueryRequested -> verify the credential (thread) -> ``worker.decide_request``
+  -> publish PolicyDecided + QueryRejected | ApprovalRequested | ExecutionAuthorized.
+- ``verdicts`` agent: ApprovalVerdict -> verify the approver -> ``approvals.decide`` -> publish.
+- a timer expires pending approvals on time, with no further traffic needed; another reloads
+  the policy when its file changes (an invalid file is logged and the last valid one kept) and
+  re-reads the catalog topic.
+
+State: two faust Tables backed by their changelog topics. ``approvals`` holds, per request, the
+Avro events the approval state folds from (so the changelog holds real events and the state is
+``approvals.evolve`` over them, exactly as when rebuilt from the decisions topic); ``seen``
+dedupes request ids, because delivery is at least once (faust's exactly-once is not relied on).
+
+Values are raw bytes on every topic: the schemas codec encodes and decodes, never faust's
+model serialisation. Outputs go through ``kafka_io.Publisher`` (confluent-kafka, acks=all,
+murmur2) and are acknowledged before the agent moves on, so offsets are committed only after
+outputs are durable. Undecodable input goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+from processors import approvals
+from processors.approvals import ApprovalState
+from processors.decide import DecisionCache
+from processors.kafka_io import Publisher
+from processors.runtime import WorkerRuntime
+from processors.worker import CredentialError, authorize_approved, decide_request
+from querytrail.settings import Settings
+from schemas.codec import DecodeError, EventCodec
+from schemas.events import (
+    ApprovalVerdict,
+    Credential,
+    Event,
+    QueryRequested,
+    VerifiedIdentity,
+    utcnow,
+)
+from schemas.topics import topic_names
+
+__all__ = ["build_app", "dump_history", "load_history", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def dump_history(codec: EventCodec, events: list[Event]) -> bytes:
+    """A table value: the request's state-building events, Avro-encoded, as a JSON list."""
+    return json.dumps([base64.b64encode(codec.encode(e)).decode() for e in events]).encode()
+
+
+def load_history(codec: EventCodec, value: bytes | None) -> list[Event]:
+    if not value:
+        return []
+    return [codec.decode(base64.b64decode(item)) for item in json.loads(value)]
+
+
+def _fold(events: list[Event]) -> ApprovalState | None:
+    state: ApprovalState | None = None
+    for event in events:
+        state = approvals.evolve(state, event)
+    return state
+
+
+def _strip_credential(request: QueryRequested) -> QueryRequested:
+    """The copy kept in state: no sealed token, only its hash (least secret material at rest)."""
+    from dataclasses import replace
+
+    return replace(request, credential=Credential(token_sha256=request.credential.token_sha256))
+
+
+def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
+    """The faust app for ``settings`` (topics under its prefix, state under its home)."""
+    rt = runtime or WorkerRuntime(settings)
+    names = topic_names(settings.kafka.topic_prefix)
+    brokers = ";".join(f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(","))
+    app = faust.App(
+        f"{settings.kafka.topic_prefix}-worker",
+        broker=brokers,
+        broker_credentials=rt.faust_credentials(),
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        datadir=str(settings.home / "worker" / "faust"),
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1,
+    )
+    requests_topic = app.topic(names["requests"], key_type=bytes, value_type=bytes)
+    verdicts_topic = app.topic(names["approvals"], key_type=bytes, value_type=bytes)
+    # use_partitioner: changelog records are keyed by request id and partitioned like every
+    # other topic (murmur2), so the timer may write too (there is no "current event" there)
+    state_table = app.Table("approvals", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+    seen_table = app.Table("seen", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+    codec = rt.codec
+    publisher: Publisher = rt.publisher
+    cache = DecisionCache()
+    loop_exec = None  # the default thread pool: blocking I/O (JWKS, Kafka acks) off the event loop
+
+    async def publish(events: list[Event]) -> None:
+        if events:
+            await asyncio.get_running_loop().run_in_executor(loop_exec, publisher.publish, events)
+
+    async def dead_letter(event: Any, reason: str, error: str) -> None:
+        m = event.message
+        await asyncio.get_running_loop().run_in_executor(
+            loop_exec,
+            publisher.dead_letter_raw,
+            m.topic,
+            m.partition,
+            m.offset,
+            m.key,
+            m.value,
+            reason,
+            error,
+        )
+
+    async def check(rid: str, credential: Credential, **kw: Any) -> VerifiedIdentity | CredentialError:
+        def run() -> VerifiedIdentity | CredentialError:
+            try:
+                return rt.checker.check(rid, credential, **kw)
+            except CredentialError as exc:
+                return exc
+
+        return await asyncio.get_running_loop().run_in_executor(loop_exec, run)
+
+    @app.agent(requests_topic)
+    async def on_requests(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                request = codec.decode(event.value)
+            except DecodeError as exc:
+                await dead_letter(event, "undecodable", str(exc))
+                continue
+            if not isinstance(request, QueryRequested):
+                await dead_letter(event, "unexpected_event", f"{request.event_type} on requests")
+                continue
+            rid = request.request_id
+            key = rid.encode()
+            if seen_table.get(key) is not None:
+                log.info("duplicate request ignored", extra={"request_id": rid})
+                continue
+            identity = await check(rid, request.credential, sql=request.sql)
+            policy, catalog = rt.policy, rt.catalog
+            now = utcnow()
+            outputs = decide_request(request, identity, policy, catalog, now, rt.config, cache)
+            if any(o.event_type == "ApprovalRequested" for o in outputs):
+                state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
+            await publish(outputs)
+            seen_table[key] = b"1"
+            log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+
+    @app.agent(verdicts_topic)
+    async def on_verdicts(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                verdict = codec.decode(event.value)
+            except DecodeError as exc:
+                await dead_letter(event, "undecodable", str(exc))
+                continue
+            if not isinstance(verdict, ApprovalVerdict):
+                await dead_letter(event, "unexpected_event", f"{verdict.event_type} on approvals")
+                continue
+            rid = verdict.request_id
+            key = rid.encode()
+            history = load_history(codec, state_table.get(key))
+            state = _fold(history)
+            if state is not None and verdict.event_id in state.judged:
+                log.info("duplicate verdict ignored", extra={"request_id": rid})
+                continue
+            who = await check(rid, verdict.credential, sql_sha256=verdict.statement_sha256)
+            approver = who if isinstance(who, VerifiedIdentity) else None
+            error = who.code if isinstance(who, CredentialError) else None
+            outputs = approvals.decide(
+                verdict,
+                state,
+                utcnow(),
+                approver=approver,
+                credential_error=error,
+                authorize=lambda s, now: authorize_approved(s, now, rt.config, rt.policy.max_result_rows),
+            )
+            if state is not None and outputs:
+                state_table[key] = dump_history(codec, history + outputs)
+            await publish(outputs)
+            log.info("verdict judged: %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+
+    @app.timer(interval=settings.worker.expiry_check_s)
+    async def expire_approvals() -> None:
+        now = utcnow()
+        retention = timedelta(seconds=settings.worker.resolved_retention_s)
+        for key, value in list(state_table.items()):
+            history = load_history(codec, value)
+            state = _fold(history)
+            if state is None:
+                continue
+            if not state.pending:
+                if state.expires_at is not None and now - state.expires_at > retention:
+                    del state_table[key]
+                continue
+            outputs = approvals.expire(state, now)
+            if outputs:
+                state_table[key] = dump_history(codec, history + outputs)
+                await publish(outputs)
+                log.info("approval expired", extra={"request_id": state.request_id})
+
+    @app.timer(interval=settings.worker.policy_reload_s)
+    async def reload_policy() -> None:
+        await asyncio.get_running_loop().run_in_executor(loop_exec, rt.maybe_reload_policy)
+
+    @app.timer(interval=settings.worker.catalog_reload_s)
+    async def reload_catalog() -> None:
+        await asyncio.get_running_loop().run_in_executor(loop_exec, rt.maybe_reload_catalog)
+
+    return app
+
+
+def main(settings: Settings, loglevel: str = "info") -> int:
+    """``querytrail worker``: run the app until SIGTERM/SIGINT."""
+    runtime = WorkerRuntime(settings)
+    runtime.load()
+    (settings.home / "worker" / "faust").mkdir(parents=True, exist_ok=True)
+    app = build_app(settings, runtime)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0

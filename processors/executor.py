@@ -1,0 +1,441 @@
+"""The executor: the only process holding Snowflake credentials; runs each authorisation once.
+
+For each ExecutionAuthorized: verify signature, hash, freshness (``processors.authz``) and
+single use (``processors.ledger``); refuse with QueryRejected(stage="authorization") otherwise.
+Then record the request in the ledger (fsynced), publish ExecutionStarted (acks=all, flushed),
+and only then run the statement with QUERY_TAG = request id, a statement timeout and the row
+cap; apply the result-value detectors; publish ResultPage events then QueryCompleted, or
+QueryFailed with Snowflake's error. A request found started-but-unfinished on restart is
+reported ``outcome_unknown`` and never rerun.
+
+Fault injection for the crash test: when ``QUERYTRAIL_FAULT_EXECUTOR_SLEEP_AFTER_RUN_S`` is set,
+the executor sleeps that long after the statement ran and before its finish is recorded, so a
+test can SIGKILL it in exactly the window that makes the outcome unknown.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import snowflake.connector
+from snowflake.connector.constants import FIELD_ID_TO_NAME
+
+from infra.clients import make_consumer
+from processors.authz import AuthzError, Verifier
+from processors.detectors import mask_rows
+from processors.ledger import Ledger, LedgerRow
+from querytrail.settings import Settings, SnowflakeProfile
+from schemas.events import (
+    DetectorHit,
+    Event,
+    ExecutionAuthorized,
+    ExecutionStarted,
+    QueryCompleted,
+    QueryFailed,
+    QueryRejected,
+    ResultColumn,
+    ResultPage,
+    new_event_id,
+    producer,
+    utcnow,
+)
+from schemas.topics import topic_names
+
+__all__ = [
+    "FAULT_SLEEP_ENV",
+    "Executor",
+    "Outcome",
+    "connect",
+    "paginate",
+    "recovery_event",
+    "result_sha256",
+    "run_statement",
+    "serve",
+    "verify_key_path",
+]
+
+log = logging.getLogger(__name__)
+
+FAULT_SLEEP_ENV = "QUERYTRAIL_FAULT_EXECUTOR_SLEEP_AFTER_RUN_S"
+
+
+def _meta(auth: Any) -> dict[str, Any]:
+    return {
+        "event_id": new_event_id(),
+        "request_id": auth.request_id,
+        "session_id": auth.session_id,
+        "occurred_at": utcnow(),
+        "producer": producer("executor"),
+    }
+
+
+def connect(profile: SnowflakeProfile, session_parameters: dict[str, Any]) -> Any:
+    """A Snowflake connection for ``profile``: password (emulator) or key-pair JWT (real account)."""
+    kwargs: dict[str, Any] = {
+        "account": profile.account,
+        "user": profile.user,
+        "login_timeout": profile.login_timeout_s,
+        "network_timeout": profile.network_timeout_s,
+        "session_parameters": session_parameters,
+        "client_session_keep_alive": False,
+    }
+    for name, value in (
+        ("host", profile.host),
+        ("port", profile.port),
+        ("database", profile.database),
+        ("schema", profile.schema_),
+        ("warehouse", profile.warehouse),
+        ("role", profile.role),
+    ):
+        if value is not None:
+            kwargs[name] = value
+    kwargs["protocol"] = profile.protocol
+    if profile.private_key_path is not None:
+        from cryptography.hazmat.primitives import serialization
+
+        passphrase = profile.private_key_passphrase
+        key = serialization.load_pem_private_key(
+            profile.private_key_path.read_bytes(),
+            password=passphrase.get_secret_value().encode() if passphrase else None,
+        )
+        kwargs["authenticator"] = "SNOWFLAKE_JWT"
+        kwargs["private_key"] = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    elif profile.password is not None:
+        kwargs["password"] = profile.password.get_secret_value()
+    return snowflake.connector.connect(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    """Result values as JSON-safe, type-preserving-enough values (canonical for hashing)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+def _line(row: Sequence[Any]) -> bytes:
+    return json.dumps(list(row), separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode() + b"\n"
+
+
+def result_sha256(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """SHA-256 over canonical JSON lines: the column names, then every (masked) row."""
+    digest = hashlib.sha256(_line(columns))
+    for row in rows:
+        digest.update(_line(row))
+    return digest.hexdigest()
+
+
+def paginate(rows: Sequence[Sequence[Any]], max_rows: int, max_bytes: int) -> list[tuple[int, str]]:
+    """Split rows into (row_offset, rows_json) pages of at most max_rows rows / ~max_bytes bytes."""
+    pages: list[tuple[int, str]] = []
+    start, size = 0, 2
+    current: list[str] = []
+    for i, row in enumerate(rows):
+        encoded = json.dumps(list(row), separators=(",", ":"), ensure_ascii=False)
+        if current and (len(current) >= max_rows or size + len(encoded) + 1 > max_bytes):
+            pages.append((start, "[" + ",".join(current) + "]"))
+            start, current, size = i, [], 2
+        current.append(encoded)
+        size += len(encoded) + 1
+    pages.append((start, "[" + ",".join(current) + "]"))
+    return pages
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run produced: the events to publish and the ledger outcome."""
+
+    events: list[Event]
+    outcome: str
+
+
+def _failed(auth: Any, outcome: str, exc: BaseException, sfqid: str | None = None) -> QueryFailed:
+    errno = getattr(exc, "errno", None)
+    return QueryFailed(
+        **_meta(auth),
+        outcome=outcome,
+        error_code=str(errno) if errno not in (None, -1) else None,
+        sqlstate=getattr(exc, "sqlstate", None),
+        message=(getattr(exc, "msg", None) or str(exc))[:4000],
+        snowflake_query_id=sfqid or getattr(exc, "sfqid", None),
+    )
+
+
+def run_statement(auth: ExecutionAuthorized, profile: SnowflakeProfile, settings: Settings) -> Outcome:
+    """Run one verified authorisation on Snowflake; never raises for Snowflake errors."""
+    params = {"QUERY_TAG": auth.request_id, "STATEMENT_TIMEOUT_IN_SECONDS": auth.timeout_s}
+    try:
+        conn = connect(profile, params)
+    except Exception as exc:  # login failures, DNS, refused connections: the statement never ran
+        log.warning("snowflake unreachable: %s", exc, extra={"request_id": auth.request_id})
+        return Outcome([_failed(auth, "unreachable", exc)], "unreachable")
+    started = time.monotonic()
+    sfqid: str | None = None
+    try:
+        cur = conn.cursor()
+        try:
+            cur.execute(auth.statement, timeout=auth.timeout_s)
+            sfqid = cur.sfqid
+            names = [d.name for d in cur.description or []]
+            types = [FIELD_ID_TO_NAME.get(d.type_code, "UNKNOWN") for d in cur.description or []]
+            raw = cur.fetchmany(auth.max_rows + 1) if names else []
+        finally:
+            cur.close()
+    except snowflake.connector.errors.Error as exc:
+        timed_out = getattr(exc, "errno", None) in (604, 630) or "timeout" in str(exc).lower()
+        outcome = "timeout" if timed_out else "failed"
+        log.info("statement failed: %s", exc, extra={"request_id": auth.request_id})
+        return Outcome([_failed(auth, outcome, exc, sfqid)], outcome)
+    finally:
+        conn.close()
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    fault = os.environ.get(FAULT_SLEEP_ENV)
+    if fault:  # test-only crash window, see module docstring
+        log.warning("fault injection: sleeping %ss after run", fault, extra={"request_id": auth.request_id})
+        time.sleep(float(fault))
+    truncated = len(raw) > auth.max_rows
+    rows = [[_jsonable(v) for v in row] for row in raw[: auth.max_rows]]
+    masked_rows, hits = mask_rows(names, rows)
+    plan = {m.output.upper(): m for m in auth.masked_columns}
+    hit_columns = {column for column, _ in hits}
+    columns = tuple(
+        ResultColumn(
+            name=name,
+            type=typ,
+            masked=name.upper() in plan or name in hit_columns,
+            classification=plan[name.upper()].classification if name.upper() in plan else None,
+        )
+        for name, typ in zip(names, types, strict=True)
+    )
+    pages = paginate(masked_rows, settings.executor.page_max_rows, settings.executor.page_max_bytes)
+    events: list[Event] = [
+        ResultPage(**_meta(auth), page=i, rows_json=body, row_offset=offset, last=i == len(pages) - 1)
+        for i, (offset, body) in enumerate(pages)
+    ]
+    events.append(
+        QueryCompleted(
+            **_meta(auth),
+            row_count=len(masked_rows),
+            columns=columns,
+            snowflake_query_id=sfqid,
+            elapsed_ms=elapsed_ms,
+            bytes_scanned=None,  # not reported by the emulator; QUERY_HISTORY has it on an account
+            result_sha256=result_sha256(names, masked_rows),
+            pages=len(pages),
+            truncated=truncated,
+            detector_hits=tuple(
+                DetectorHit(column=c, detector=d, count=n) for (c, d), n in sorted(hits.items())
+            ),
+            classifications_touched=tuple(sorted({m.classification for m in auth.masked_columns})),
+        )
+    )
+    return Outcome(events, "completed")
+
+
+def started_event(auth: ExecutionAuthorized) -> ExecutionStarted:
+    return ExecutionStarted(
+        **_meta(auth),
+        authorization_event_id=auth.event_id,
+        statement_sha256=auth.statement_sha256,
+        query_tag=auth.request_id,
+        target_profile=auth.target.profile,
+    )
+
+
+def rejected(auth: ExecutionAuthorized, error: AuthzError) -> QueryRejected:
+    return QueryRejected(
+        **_meta(auth),
+        stage="authorization",
+        reason_code=error.code,
+        reason=error.reason,
+        rules=(),
+        identity=auth.requester,
+        token_sha256=auth.requester.token_sha256 if auth.requester else None,
+    )
+
+
+def recovery_event(row: LedgerRow) -> QueryFailed:
+    """What a restart reports for a request a previous run left unreported (never reruns it)."""
+    meta: dict[str, Any] = {
+        "event_id": new_event_id(),
+        "request_id": row.request_id,
+        "session_id": row.session_id,
+        "occurred_at": utcnow(),
+        "producer": producer("executor"),
+    }
+    if row.state == "recorded":  # ExecutionStarted may be out, but the statement was never sent
+        return QueryFailed(
+            **meta,
+            outcome="failed",
+            message="executor stopped before sending the statement; it did not run and will not",
+        )
+    detail = f" (it finished: {row.outcome}, results were not delivered)" if row.state == "finished" else ""
+    return QueryFailed(
+        **meta,
+        outcome="outcome_unknown",
+        message=f"executor stopped after the statement started{detail}; not rerun",
+    )
+
+
+class Executor:
+    """The I/O shell: ledger, verifier and publisher around the functions above."""
+
+    def __init__(self, settings: Settings, verifier: Verifier, ledger: Ledger, publisher: Any) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.ledger = ledger
+        self.publisher = publisher
+
+    def recover(self) -> int:
+        """Report every request a previous run left unreported; returns how many."""
+        rows = self.ledger.unreported()
+        for row in rows:
+            event = recovery_event(row)
+            log.warning("recovering: %s", event.outcome, extra={"request_id": row.request_id})
+            self.publisher.publish([event])
+            self.ledger.mark_reported(row.request_id, row.outcome or event.outcome)
+        return len(rows)
+
+    def handle(self, auth: ExecutionAuthorized) -> str:
+        """Process one authorisation; returns what happened (for logs and tests)."""
+        rid = auth.request_id
+        try:
+            self.verifier.verify(auth, utcnow())
+        except AuthzError as exc:
+            if self.ledger.refuse(auth.event_id, rid, exc.code):
+                log.warning("authorisation refused: %s", exc.code, extra={"request_id": rid})
+                self.publisher.publish([rejected(auth, exc)])
+            return "refused"
+        # A validly signed second authorisation for a request that already has an execution is
+        # a redelivery or a duplicate from the worker's at-least-once retry: never run it again.
+        # Nonces are single use too (the UNIQUE column), whatever request they claim.
+        if self.ledger.get(rid) is not None or not self.ledger.record(
+            request_id=rid,
+            nonce=auth.nonce,
+            authorization_event_id=auth.event_id,
+            session_id=auth.session_id,
+            statement_sha256=auth.statement_sha256,
+        ):
+            log.info("authorisation already used; not running again", extra={"request_id": rid})
+            return "duplicate"
+        self.publisher.publish([started_event(auth)])
+        self.ledger.mark_started(rid)
+        profile = self.settings.snowflake_profiles.get(auth.target.profile)
+        if profile is not None:  # the signed target's session defaults win over the profile's
+            t = auth.target
+            overrides = {
+                "database": t.database,
+                "schema_": t.schema,
+                "warehouse": t.warehouse,
+                "role": t.role,
+            }
+            profile = profile.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        if profile is None:
+            outcome = Outcome(
+                [_failed(auth, "failed", ValueError(f"unknown target profile {auth.target.profile!r}"))],
+                "failed",
+            )
+        else:
+            log.info("running statement", extra={"request_id": rid})
+            outcome = run_statement(auth, profile, self.settings)
+        self.ledger.mark_finished(rid, outcome.outcome)
+        self.publisher.publish(outcome.events)
+        self.ledger.mark_reported(rid)
+        log.info("execution %s", outcome.outcome, extra={"request_id": rid})
+        return outcome.outcome
+
+
+def verify_key_path(settings: Settings) -> Path:
+    """The authorisation public key: configured, or next to the worker's key under home/keys."""
+    if settings.authz_verify_key_path is not None:
+        return settings.authz_verify_key_path
+    return public_key_path(settings.key_path("authz_signing_key"))
+
+
+def public_key_path(private_path: Path) -> Path:
+    """``keys/foo.pem`` -> ``keys/foo.pub.pem`` (the identity helper's convention)."""
+    return private_path.with_name(private_path.name.removesuffix(".pem") + ".pub.pem")
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> int:
+    """The ``querytrail executor`` loop: at-least-once consumption, at-most-once execution."""
+    from processors.kafka_io import Publisher
+    from schemas.codec import DecodeError, EventCodec
+
+    stop = stop or threading.Event()
+    verifier = Verifier.from_pem_files(
+        [verify_key_path(settings)], max_age_s=settings.executor.authorization_max_age_s
+    )
+    ledger = Ledger(settings.home / "executor" / "ledger.db")
+    codec = EventCodec(settings.kafka.schema_registry_url)
+    publisher = Publisher(settings, "executor", codec)
+    executor = Executor(settings, verifier, ledger, publisher)
+    recovered = executor.recover()
+    if recovered:
+        log.warning("reported %d unfinished execution(s) from a previous run", recovered)
+    catalog = threading.Thread(target=_catalog_loop, args=(settings, publisher, stop), daemon=True)
+    catalog.start()
+    topic = topic_names(settings.kafka.topic_prefix)["executions"]
+    consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.executor")
+    consumer.subscribe([topic])
+    log.info("executor consuming %s", topic)
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                log.debug("consumer: %s", msg.error())
+                continue
+            try:
+                event = codec.decode(msg.value() or b"")
+            except DecodeError as exc:
+                publisher.dead_letter(msg, "undecodable", str(exc))
+                consumer.commit(message=msg, asynchronous=False)
+                continue
+            if isinstance(event, ExecutionAuthorized):
+                executor.handle(event)
+            elif not isinstance(event, ExecutionStarted):
+                publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
+            # committed only after the outputs are acknowledged: redelivery is the ledger's job
+            consumer.commit(message=msg, asynchronous=False)
+    finally:
+        consumer.close()
+        ledger.close()
+        publisher.producer.flush(10)
+    return 0
+
+
+def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> None:
+    """Publish CatalogTable events from INFORMATION_SCHEMA on start and every refresh interval."""
+    previous: list[str] = []
+    while not stop.is_set():
+        try:
+            from processors import catalog_sync
+
+            events = catalog_sync.catalog_events(settings, previous=previous)
+            publisher.publish(events)
+            previous = [e.table for e in events if not e.deleted]
+            log.info("published %d catalog table(s)", len(events))
+        except Exception:
+            log.exception("catalog refresh failed; keeping the previous catalog on the topic")
+        stop.wait(settings.executor.catalog_refresh_s)

@@ -1,0 +1,153 @@
+"""Kafka edges shared by the worker and the executor: publish events, dead-letter, read a topic.
+
+Each event type's topic is declared once (``schemas.topics``); callers publish events and
+never name topics or encode by hand. ``Publisher.publish`` waits for every acknowledgement
+(acks=all), so a caller commits its input offset only after its outputs are durable: the
+at-least-once half of every processor. The other half is deduplication in the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from infra.clients import QtConsumer, QtProducer, make_consumer, make_producer
+from querytrail.settings import Settings
+from schemas.codec import EventCodec, key_for
+from schemas.events import DeadLetter, Event, new_event_id, producer, utcnow
+from schemas.topics import TOPICS, topic_names
+
+__all__ = ["PublishError", "Publisher", "read_topic", "topic_for"]
+
+log = logging.getLogger(__name__)
+
+_TOPIC_OF = {event: suffix for suffix, topic in TOPICS.items() for event in topic.events}
+
+
+def topic_for(event: Event) -> str:
+    """The topic suffix an event type belongs on (``schemas.topics``)."""
+    return _TOPIC_OF[event.event_type]
+
+
+class PublishError(RuntimeError):
+    """An event was not acknowledged by the broker."""
+
+
+class Publisher:
+    """Encodes events with the codec and produces them keyed by request id to their topic."""
+
+    def __init__(self, settings: Settings, component: str, codec: EventCodec | None = None) -> None:
+        self.settings = settings
+        self.component = component
+        self.topics = topic_names(settings.kafka.topic_prefix)
+        self.codec = codec or EventCodec(settings.kafka.schema_registry_url)
+        self.producer: QtProducer = make_producer(settings.kafka)
+
+    def publish(self, events: Iterable[Event], timeout: float = 30.0) -> None:
+        """Produce ``events`` in order and wait until the broker acknowledged all of them."""
+        errors: list[KafkaError] = []
+        pending = 0
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            nonlocal pending
+            pending -= 1
+            if err is not None:
+                errors.append(err)
+
+        for event in events:
+            value = self.codec.encode(event)
+            self.producer.produce(
+                self.topics[topic_for(event)], value=value, key=key_for(event), on_delivery=on_delivery
+            )
+            pending += 1
+            self.producer.poll(0)
+        deadline = time.monotonic() + timeout
+        while pending > 0:
+            if time.monotonic() > deadline:
+                raise PublishError(f"{pending} event(s) not acknowledged within {timeout:.0f}s")
+            self.producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        if errors:
+            raise PublishError(f"publish failed: {errors[0]}")
+
+    def dead_letter(self, msg: Message, reason: str, error: str) -> None:
+        """Send an unusable confluent-kafka record to the dead-letter topic, bytes intact."""
+        self.dead_letter_raw(
+            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), reason, error
+        )
+
+    def dead_letter_raw(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        error: str,
+    ) -> None:
+        """Record an undecodable/unprocessable record as a DeadLetter event; never drop it."""
+        event = DeadLetter(
+            event_id=new_event_id(),
+            request_id=key.decode("utf-8", "replace") if key else "",
+            occurred_at=utcnow(),
+            producer=producer(self.component),
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            key=key,
+            value=value or b"",
+            reason=reason,
+            error=error[:2000],
+            consumer=self.component,
+        )
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s",
+            topic,
+            partition,
+            offset,
+            reason,
+            extra={"request_id": event.request_id},
+        )
+        self.publish([event])
+
+
+def read_topic(settings: Settings, suffix: str, timeout: float = 30.0) -> Iterator[Message]:
+    """Every record currently in a topic (all partitions, from the beginning to the end)."""
+    consumer: QtConsumer = make_consumer(
+        settings.kafka, group_id=f"qt-reader-{new_event_id()}", **{"enable.partition.eof": True}
+    )
+    name = topic_names(settings.kafka.topic_prefix)[suffix]
+    try:
+        meta = consumer.list_topics(name, timeout=10)
+        parts = meta.topics[name].partitions if name in meta.topics else {}
+        ends: dict[int, int] = {}
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(name, p, 0) for p in ends])
+        # offset 0 below the low watermark is reset to the earliest by auto.offset.reset
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {name} did not reach its end within {timeout:.0f}s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition() or 0)
+                    continue
+                raise RuntimeError(f"reading {name}: {err}")
+            yield msg
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                done.add(msg.partition() or 0)
+    finally:
+        consumer.close()

@@ -1,0 +1,240 @@
+"""CLI: ``worker``, ``executor``, ``approvals list|show``, ``approve``, ``deny``.
+
+Everything shown to an approver (prompt, SQL, claims, comments) is untrusted text: ``safe``
+escapes control and format characters (ANSI escapes, bidi overrides, carriage returns) and
+markup, so a crafted prompt cannot repaint the terminal or forge lines of the display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import unicodedata
+from typing import Any
+
+__all__ = ["register", "safe"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the pipeline's sub-commands."""
+    worker = subparsers.add_parser("worker", help="run the processors (faust app)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+
+    executor = subparsers.add_parser("executor", help="run the Snowflake executor")
+    executor.set_defaults(func=_executor)
+
+    approvals = subparsers.add_parser("approvals", help="pending approvals")
+    sub = approvals.add_subparsers(dest="approvals_command", required=True, metavar="SUBCOMMAND")
+    lst = sub.add_parser("list", help="pending approvals (from the decisions topic)")
+    lst.add_argument("--all", action="store_true", help="include resolved ones")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_list)
+    show = sub.add_parser("show", help="one approval: prompt, SQL, findings, masking, requester")
+    show.add_argument("request_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_show)
+
+    for name, verdict in (("approve", "approve"), ("deny", "deny")):
+        p = subparsers.add_parser(name, help=f"{name} a pending statement with your own token")
+        p.add_argument("request_id")
+        p.add_argument("--token", help="your bearer token (default: $QUERYTRAIL_TOKEN)")
+        p.add_argument("--comment", required=verdict == "deny")
+        p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the judgement")
+        p.set_defaults(func=_verdict, verdict=verdict)
+
+
+def safe(text: str | None, multiline: bool = False) -> str:
+    """Untrusted text made inert for a terminal or a web page."""
+    out: list[str] = []
+    for ch in text or "":
+        if ch == "\n" and multiline:
+            out.append("\n    | ")  # every continuation line is visibly part of the field
+        elif ch in "<>&":
+            out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
+        elif unicodedata.category(ch)[0] in ("C", "Z") and ch != " ":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _settings() -> Any:
+    from querytrail.settings import get_settings
+
+    return get_settings()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from processors.app import main
+
+    return main(_settings(), loglevel=args.loglevel)
+
+
+def _executor(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from processors.executor import serve
+    from querytrail.observability import configure_logging
+
+    settings = _settings()
+    configure_logging("executor", settings.log_level, settings.log_format)
+    logging.getLogger(__name__).info("executor starting")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return serve(settings, stop)
+
+
+def _states(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(approval states, ApprovalRequested events) folded from the decisions topic."""
+    from processors.approvals import evolve
+    from processors.kafka_io import read_topic
+    from schemas.codec import DecodeError, EventCodec
+    from schemas.events import ApprovalRequested
+
+    codec = EventCodec(settings.kafka.schema_registry_url)
+    states: dict[str, Any] = {}
+    asked: dict[str, Any] = {}
+    for msg in read_topic(settings, "decisions"):
+        try:
+            event = codec.decode(msg.value() or b"")
+        except DecodeError:
+            continue
+        if isinstance(event, ApprovalRequested):
+            asked[event.request_id] = event
+        state = evolve(states.get(event.request_id), event)
+        if state is None:
+            states.pop(event.request_id, None)
+        else:
+            states[event.request_id] = state
+    return {k: v for k, v in states.items() if k in asked}, asked
+
+
+def _list(args: argparse.Namespace) -> int:
+    from schemas.events import utcnow
+
+    states, asked = _states(_settings())
+    now = utcnow()
+    rows = []
+    for rid, state in sorted(states.items(), key=lambda kv: asked[kv[0]].occurred_at):
+        status = "expired" if state.pending and state.expires_at <= now else state.status
+        if not args.all and status != "pending":
+            continue
+        rows.append(
+            {
+                "request_id": rid,
+                "status": status,
+                "rule": state.rule_id,
+                "requester": state.requester.subject if state.requester else None,
+                "approvals": f"{len(state.approvers)}/{state.min_approvals}",
+                "approver_groups": list(state.approver_groups),
+                "expires_at": state.expires_at.isoformat() if state.expires_at else None,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no pending approvals")
+    for r in rows:
+        print(
+            f"{safe(r['request_id'])}  {r['status']:<8} {safe(r['rule'])}  "
+            f"requester={safe(r['requester'])}  approvals={r['approvals']}  expires={r['expires_at']}"
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    states, asked = _states(_settings())
+    event = asked.get(args.request_id)
+    if event is None:
+        print(f"querytrail approvals: no approval for {safe(args.request_id)}", file=sys.stderr)
+        return 1
+    state = states[args.request_id]
+    req = event.requester
+    if args.json:
+        from schemas.codec import to_json_dict
+
+        print(json.dumps({"status": state.status, "event": to_json_dict(event)}, indent=2, default=str))
+        return 0
+    lines = [
+        f"request:    {safe(event.request_id)}",
+        f"status:     {state.status} ({len(state.approvers)}/{state.min_approvals} approvals)",
+        f"rule:       {safe(event.rule_id)}  approvers: {safe(', '.join(event.approver_groups))}",
+        f"expires:    {event.expires_at.isoformat()}",
+        f"requester:  {safe(req.subject)} @ {safe(req.issuer)} groups={safe(','.join(req.groups))}",
+        f"claims:     {safe(req.claims_json)}",
+        f"prompt:     {safe(event.prompt, multiline=True)}",
+        f"sql:        {safe(event.sql_text, multiline=True)}",
+        f"will run:   {safe(event.statement, multiline=True)}",
+        f"sha256:     {event.statement_sha256}",
+        "findings:   " + (", ".join(f"{safe(f.code)} ({safe(f.detail)})" for f in event.findings) or "none"),
+        "masking:    "
+        + (
+            ", ".join(f"{safe(m.output)}<-{safe(m.source)} [{safe(m.mask)}]" for m in event.masked_columns)
+            or "none"
+        ),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _verdict(args: argparse.Namespace) -> int:
+    from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
+    from processors.kafka_io import Publisher, read_topic
+    from schemas.codec import DecodeError, EventCodec
+    from schemas.events import (
+        ApprovalVerdict,
+        ApprovalVerdictRecorded,
+        Credential,
+        new_event_id,
+        producer,
+        utcnow,
+    )
+
+    settings = _settings()
+    token = args.token or os.environ.get("QUERYTRAIL_TOKEN")
+    if not token:
+        print("querytrail: --token or QUERYTRAIL_TOKEN is required", file=sys.stderr)
+        return 2
+    _, asked = _states(settings)
+    event = asked.get(args.request_id)
+    if event is None:
+        print(f"querytrail: no approval for {safe(args.request_id)}", file=sys.stderr)
+        return 1
+    verdict = ApprovalVerdict(
+        event_id=new_event_id(),
+        request_id=args.request_id,
+        session_id=event.session_id,
+        occurred_at=utcnow(),
+        producer=producer("cli"),
+        verdict=args.verdict,
+        statement_sha256=event.statement_sha256,  # the statement this approver was shown
+        credential=Credential(
+            sealed_token=seal_token(token, load_sealing_public_key(settings), args.request_id),
+            token_sha256=token_sha256(token),
+        ),
+        comment=args.comment,
+    )
+    codec = EventCodec(settings.kafka.schema_registry_url)
+    Publisher(settings, "cli", codec).publish([verdict])
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        for msg in read_topic(settings, "decisions"):
+            try:
+                judged = codec.decode(msg.value() or b"")
+            except DecodeError:
+                continue
+            if isinstance(judged, ApprovalVerdictRecorded) and judged.verdict_event_id == verdict.event_id:
+                state = "accepted" if judged.accepted else "refused"
+                print(f"{args.verdict} {state}: {safe(judged.reason)}")
+                return 0 if judged.accepted else 1
+        time.sleep(0.5)
+    print(f"{args.verdict} sent ({verdict.event_id}); no judgement within {args.wait:.0f}s")
+    return 3

@@ -1,0 +1,292 @@
+"""The worker's decisions, pure: one QueryRequested in, the events to publish out.
+
+``decide_request`` takes the caller's identity already verified (or the reason it was not:
+``CredentialChecker`` does that I/O at the edge) and returns, in order, PolicyDecided then
+exactly one of QueryRejected, ApprovalRequested or a signed ExecutionAuthorized. A request
+whose identity failed verification gets only QueryRejected(stage="identity"): nothing was
+decided for an unknown caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from processors.approvals import ApprovalState
+from processors.authz import Signer, make_authorization, statement_sha256
+from processors.catalog import Catalog
+from processors.decide import Decision, DecisionCache
+from processors.decide import decide_request as evaluate_request
+from processors.policy import IdentityClaims, Policy
+from schemas.events import (
+    ApprovalRequested,
+    Credential,
+    Event,
+    ExecutionAuthorized,
+    Finding,
+    MaskedColumn,
+    PolicyDecided,
+    QueryRejected,
+    QueryRequested,
+    VerifiedIdentity,
+    new_event_id,
+    producer,
+)
+
+__all__ = [
+    "CredentialChecker",
+    "CredentialError",
+    "WorkerConfig",
+    "authorize_approved",
+    "decide_request",
+    "identity_claims",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CredentialError(Exception):
+    """A credential that does not prove an identity; ``code`` goes into QueryRejected."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The knobs decide_request needs besides policy and catalog."""
+
+    signer: Signer
+    statement_timeout_s: int = 60
+    authorization_ttl_s: float = 300.0
+    max_prompt_bytes: int = 65_536
+    max_sql_bytes: int = 262_144
+
+
+def identity_claims(identity: VerifiedIdentity) -> IdentityClaims:
+    """The policy's view of a verified identity (all verified claims, groups as a set)."""
+    try:
+        claims = json.loads(identity.claims_json) if identity.claims_json else {}
+    except ValueError:
+        claims = {}
+    return IdentityClaims(
+        subject=identity.subject,
+        issuer=identity.issuer,
+        groups=frozenset(identity.groups),
+        claims=claims if isinstance(claims, dict) else {},
+    )
+
+
+def _meta(request: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": new_event_id(),
+        "request_id": request.request_id,
+        "session_id": request.session_id,
+        "occurred_at": now,
+        "producer": producer("worker"),
+    }
+
+
+def _rejected(
+    request: QueryRequested,
+    now: datetime,
+    stage: str,
+    code: str,
+    reason: str,
+    identity: VerifiedIdentity | None,
+    rules: tuple[str, ...] = (),
+) -> QueryRejected:
+    return QueryRejected(
+        **_meta(request, now),
+        stage=stage,
+        reason_code=code,
+        reason=reason,
+        rules=rules,
+        identity=identity,
+        token_sha256=request.credential.token_sha256,
+    )
+
+
+def _masked(decision: Decision) -> tuple[MaskedColumn, ...]:
+    return tuple(
+        MaskedColumn(output=m.output, source=m.source, classification=m.classification, mask=m.mask)
+        for m in decision.masked_columns
+    )
+
+
+def _max_rows(policy_cap: int, requested: int | None) -> int:
+    cap = policy_cap if policy_cap > 0 else 10_000
+    return min(cap, requested) if requested and requested > 0 else cap
+
+
+def decide_request(
+    request: QueryRequested,
+    identity: VerifiedIdentity | CredentialError,
+    policy: Policy,
+    catalog: Catalog,
+    now: datetime,
+    config: WorkerConfig,
+    cache: DecisionCache | None = None,
+) -> list[Event]:
+    """PolicyDecided then QueryRejected | ApprovalRequested | ExecutionAuthorized."""
+    if isinstance(identity, CredentialError):
+        return [_rejected(request, now, "identity", identity.code, identity.message, None)]
+    if len(request.prompt.encode()) > config.max_prompt_bytes:
+        return [
+            _rejected(request, now, "validation", "prompt_too_large", "prompt exceeds the limit", identity)
+        ]
+    if len(request.sql.encode()) > config.max_sql_bytes:
+        return [_rejected(request, now, "validation", "sql_too_large", "SQL exceeds the limit", identity)]
+    try:
+        decision = evaluate_request(request, identity_claims(identity), catalog, policy, now, cache)
+    except Exception as exc:  # fail closed: an engine error never lets anything run
+        log.exception("decision engine failed", extra={"request_id": request.request_id})
+        return [_rejected(request, now, "policy", "engine_error", f"{type(exc).__name__}: {exc}", identity)]
+    masked = _masked(decision)
+    outcome = decision.decision
+    if outcome != "deny" and not decision.rewritten_sql:
+        outcome = "deny"  # nothing to run: never fall back to the unmasked SQL
+    decided = PolicyDecided(
+        **_meta(request, now),
+        decision=outcome,
+        rules=decision.rules,
+        reasons=decision.reasons,
+        statement=decision.statement,
+        tables=decision.tables,
+        findings=tuple(Finding(code=f.code, detail=f.detail) for f in decision.findings),
+        masked_columns=masked,
+        rewritten_sql=decision.rewritten_sql,
+        estimated_bytes=decision.estimated_bytes,
+        policy_sha256=decision.policy_sha256,
+        identity=identity,
+        sql_text=request.sql,
+        classifications_touched=decision.classifications_touched,
+        tags=decision.tags,
+    )
+    max_rows = _max_rows(decision.max_result_rows, request.max_rows)
+    if outcome == "deny":
+        reason = "; ".join(decision.reasons) or "denied by policy"
+        rejected = _rejected(request, now, "policy", "denied_by_policy", reason, identity, decision.rules)
+        return [decided, rejected]
+    statement = decision.rewritten_sql or ""
+    if outcome == "require_approval":
+        rule = decision.approval
+        if rule is None:  # no approver configured: nobody could ever release it
+            reason = "approval required but no approvers are configured"
+            return [
+                decided,
+                _rejected(request, now, "policy", "no_approvers", reason, identity, decision.rules),
+            ]
+        asked = ApprovalRequested(
+            **_meta(request, now),
+            statement_sha256=statement_sha256(statement),
+            statement=statement,
+            rule_id=rule.rule_id,
+            approver_groups=rule.approvers,
+            min_approvals=rule.min_approvals,
+            expires_at=now + timedelta(seconds=rule.ttl_s),
+            requester=identity,
+            prompt=request.prompt,
+            sql_text=request.sql,
+            findings=decided.findings,
+            masked_columns=masked,
+        )
+        return [decided, asked]
+    authorized = make_authorization(
+        config.signer,
+        request_id=request.request_id,
+        session_id=request.session_id,
+        statement=statement,
+        masked_columns=masked,
+        target=request.target,
+        max_rows=max_rows,
+        timeout_s=config.statement_timeout_s,
+        requester=identity,
+        now=now,
+        ttl_s=config.authorization_ttl_s,
+    )
+    return [decided, authorized]
+
+
+def authorize_approved(
+    state: ApprovalState, now: datetime, config: WorkerConfig, default_max_rows: int
+) -> ExecutionAuthorized:
+    """The signed authorisation released when an approval completes."""
+    if state.target is None:
+        # The QueryRequested was not found (state rebuilt from a truncated log): fail closed
+        raise CredentialError("unknown_target", "the request's target is unknown")
+    return make_authorization(
+        config.signer,
+        request_id=state.request_id,
+        session_id=state.session_id,
+        statement=state.statement,
+        masked_columns=state.masked_columns,
+        target=state.target,
+        max_rows=_max_rows(default_max_rows, state.requested_max_rows),
+        timeout_s=config.statement_timeout_s,
+        requester=state.requester,
+        now=now,
+        ttl_s=config.authorization_ttl_s,
+    )
+
+
+class CredentialChecker:
+    """Turns a Credential into a VerifiedIdentity (I/O: JWKS, keys) or a CredentialError."""
+
+    def __init__(self, token_verifier: Any, sealing_key: Any, attestation_keys: dict[str, Any]) -> None:
+        self.token_verifier = token_verifier
+        self.sealing_key = sealing_key
+        self.attestation_keys = attestation_keys
+
+    def check(
+        self,
+        request_id: str,
+        credential: Credential,
+        *,
+        sql: str | None = None,
+        sql_sha256: str | None = None,
+    ) -> VerifiedIdentity:
+        from ingress.identity import IdentityError
+        from ingress.sealing import SealingError, unseal_token, verify_attestation
+
+        if credential.sealed_token is not None:
+            if self.sealing_key is None:
+                raise CredentialError("sealing_key_missing", "the worker has no token sealing key")
+            try:
+                token = unseal_token(credential.sealed_token, self.sealing_key, request_id)
+            except SealingError as exc:
+                raise CredentialError("bad_seal", str(exc)) from None
+            if hashlib.sha256(token.strip().encode()).hexdigest() != credential.token_sha256:
+                raise CredentialError("token_hash_mismatch", "token does not match its stated SHA-256")
+            try:
+                verified: VerifiedIdentity = self.token_verifier.verify(token).to_verified()
+            except IdentityError as exc:
+                raise CredentialError(exc.code, exc.message) from None
+            return verified
+        attested = credential.attested
+        if attested is not None and credential.attestation_signature is not None:
+            key = self.attestation_keys.get(credential.attestation_key_id or "")
+            if key is None:
+                raise CredentialError("unknown_key", "attestation signed by an unknown ingress key")
+            if attested.token_sha256 != credential.token_sha256:
+                raise CredentialError("token_hash_mismatch", "attested identity is for another token")
+            try:
+                verify_attestation(
+                    key,
+                    credential.attestation_signature,
+                    request_id=request_id,
+                    token_sha256=credential.token_sha256,
+                    claims_json=attested.claims_json,
+                    sql=sql,
+                    sql_sha256=sql_sha256,
+                )
+            except SealingError as exc:
+                raise CredentialError("bad_attestation", str(exc)) from None
+            return attested
+        raise CredentialError("missing_token", "the credential carries neither a token nor an attestation")
