@@ -349,7 +349,11 @@ def to_json_dict(event: Any) -> dict[str, Any]:
 
 
 def from_json_dict(data: dict[str, Any]) -> Any:
-    """Inverse of ``to_json_dict`` (e.g. for ``payload_json`` read back from the audit log)."""
+    """Inverse of ``to_json_dict`` (e.g. for ``payload_json`` read back from the audit log).
+
+    Checks the shape (known event_type, every required field present, base64, ISO-8601 with a
+    zone), not each value's type: pass the result through ``EventCodec.encode`` to check that.
+    """
     name = data.get("event_type") if isinstance(data, dict) else None
     conv = _tables()["conv"].get(name) if isinstance(name, str) else None
     if conv is None:
