@@ -174,6 +174,14 @@ def _report(outcome: Any, fmt: str, wait: float) -> int:
             f"request {outcome.request_id} rejected at {rej['stage']}: {rej['reason_code']}: {rej['reason']}{rules}"
         )
         return EXIT_REJECTED
+    by_policy = outcome.decision is not None and outcome.decision.get("decision") == "deny"
+    if status == "denied" and not by_policy:
+        approval = outcome.approval or {}
+        _err(
+            f"request {outcome.request_id} not approved: {approval.get('state')}"
+            f"{': ' + approval['reason'] if approval.get('reason') else ''}"
+        )
+        return EXIT_REJECTED
     if status == "denied":
         dec = outcome.decision
         _err(

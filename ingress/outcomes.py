@@ -125,8 +125,13 @@ class RequestOutcome:
             return "failed"
         if self.completed is not None:
             return "completed" if self.rows_complete else "running"
-        if self.approval is not None and self.approval.get("state") == "pending":
+        state = (self.approval or {}).get("state")
+        if state == "pending":
             return "awaiting_approval"
+        if state in ("denied", "expired"):
+            return "denied"  # an approval that was refused or ran out is final
+        if state == "approved":
+            return "running"
         if self.decision is not None:
             # A deny is final even before its QueryRejected arrives.
             return {"allow": "running", "deny": "denied"}.get(self.decision["decision"], "decided")

@@ -23,6 +23,7 @@ from ingress.sealing import ensure_keys, load_sealing_private_key, token_sha256,
 from querytrail.settings import Settings
 from schemas.codec import EventCodec
 from schemas.events import (
+    ApprovalRequested,
     PolicyDecided,
     QueryCompleted,
     QueryFailed,
@@ -297,7 +298,22 @@ def test_submit_outcomes_and_exit_codes(local: tuple[Settings, dict[str, str], P
                 identity=_ident(),
                 sql_text="s",
             ),
+            ApprovalRequested(
+                **common(rid),
+                statement_sha256="h",
+                statement="s",
+                rule_id="pii",
+                approver_groups=("data-security",),
+                min_approvals=1,
+                expires_at=utcnow(),
+                requester=_ident(),
+                prompt="p",
+                sql_text="s",
+                findings=(),
+                masked_columns=(),
+            ),
         )
+        time.sleep(1.0)  # the client reports the hold before the result arrives
         publish(
             settings,
             "results",
@@ -356,6 +372,7 @@ def test_submit_outcomes_and_exit_codes(local: tuple[Settings, dict[str, str], P
         assert proc.returncode == code, err
         if respond is completed:
             assert out.splitlines() == ["ID,EMAIL", "1,****@x", "2,", "3,c@x"]
+            assert "held for approval by data-security" in err
         if respond is rejected:
             assert "denied_by_policy" in err and "no-writes" in err
         if respond is failed:
