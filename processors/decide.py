@@ -117,7 +117,22 @@ def _prepare(
     schema: str | None,
 ) -> _Prepared:
     classifier, masks = _classifier(policy, catalog)
-    analysis = analyse(sql, catalog, classifier, database=database, schema=schema)
+    try:
+        analysis = analyse(sql, catalog, classifier, database=database, schema=schema)
+    except Exception as exc:  # an analyser bug must deny the statement, not crash the caller
+        log.exception("analysis failed; denying")
+        analysis = Analysis(
+            statement="unknown",
+            tables_read=(),
+            tables_written=(),
+            output_columns=(),
+            predicate_columns=(),
+            findings=(Finding("unknown_statement", f"analysis failed: {type(exc).__name__}: {exc}"),),
+            estimated_bytes=None,
+            fingerprint=fingerprint(sql),
+            parsed=None,
+            sql=sql,
+        )
     codes = frozenset(f.code for f in analysis.findings)
     tags: set[str] = set()
     for table in analysis.tables:

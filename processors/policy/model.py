@@ -208,7 +208,12 @@ class IdentityClaims:
     def from_claims(cls, claims: Mapping[str, Any], groups_claim: str = "groups") -> IdentityClaims:
         """Build from a verified claims object (``sub``, ``iss``, ``groups`` and any other claim)."""
         raw = claims.get(groups_claim) or ()
-        groups = frozenset([raw] if isinstance(raw, str) else [str(g) for g in raw])
+        if isinstance(raw, str):
+            groups = frozenset([raw])
+        elif isinstance(raw, list | tuple | set | frozenset):
+            groups = frozenset(g for g in raw if isinstance(g, str))
+        else:  # a malformed groups claim grants no group
+            groups = frozenset()
         sub, iss = claims.get("sub"), claims.get("iss")
         return cls(
             subject=None if sub is None else str(sub),

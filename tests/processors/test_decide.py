@@ -289,3 +289,15 @@ def test_long_statements_skip_the_text_index() -> None:
     assert cache.evaluate(sql, CI, CATALOG, EXAMPLE, NOON) == first
     assert (cache.hits, cache.misses) == (1, 1)
     assert not cache._by_text  # looked up by fingerprint only
+
+
+def test_an_analyser_crash_denies(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An internal analyser error cannot be caused from valid input; simulated to prove fail-closed.
+    def crash(*_: object, **__: object) -> None:
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(decide_mod, "analyse", crash)
+    d = evaluate("SELECT id FROM analytics.public.customers WHERE id = 1", CI, CATALOG, EXAMPLE, NOON)
+    assert d.decision == "deny" and d.rewritten_sql is None
+    assert d.statement == "unknown"
+    assert d.reasons == ("fail closed: unknown_statement: analysis failed: RecursionError: too deep",)

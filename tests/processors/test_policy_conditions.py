@@ -208,3 +208,8 @@ def test_literal_globs_match_themselves_in_any_case(name: str) -> None:
     if glob is not None:
         assert glob.matches(name.upper()) and glob.matches(name.lower()) and glob.matches(name)
         assert not glob.matches(name + "x")
+
+
+def test_malformed_groups_claim_grants_nothing() -> None:
+    assert IdentityClaims.from_claims({"groups": 7}).groups == frozenset()
+    assert IdentityClaims.from_claims({"groups": ["a", 1, None]}).groups == frozenset({"a"})
