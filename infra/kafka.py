@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).with_name("pom.xml")
+JVM_DIR = Path("/usr/lib/jvm")  # where Debian/Ubuntu install JDKs
 
 
 class KafkaInfraError(RuntimeError):
@@ -91,9 +92,8 @@ def find_java(java_home: Path | None = None) -> Path:
     for home in (java_home, os.environ.get("JAVA_HOME")):
         if home:
             candidates.append(Path(home) / "bin" / "java")
-    jvm = Path("/usr/lib/jvm")
-    if jvm.is_dir():
-        dirs = sorted(jvm.iterdir())
+    if JVM_DIR.is_dir():
+        dirs = sorted(JVM_DIR.iterdir())
         candidates += [d / "bin" / "java" for d in dirs if "17" in d.name]
         candidates += [d / "bin" / "java" for d in dirs if "17" not in d.name]
     on_path = shutil.which("java")
@@ -348,7 +348,10 @@ class KafkaBroker:
     def _wait_ready(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 2000})
+        # log_level 0: "connection refused" until the broker listens is expected, not news
+        admin = AdminClient(
+            {"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0}
+        )
         deadline = time.monotonic() + timeout
         while True:
             assert self._proc is not None

@@ -47,6 +47,7 @@ def create_topics(
 
     conf = settings.kafka.confluent_config() if settings else {}
     conf["bootstrap.servers"] = bootstrap
+    conf["logger"] = logging.getLogger("querytrail.rdkafka")  # not straight to stderr
     replication = settings.kafka.replication_factor if settings else 1
     admin = AdminClient(conf)
     try:

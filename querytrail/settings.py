@@ -1,7 +1,8 @@
 """All of querytrail's settings in one frozen pydantic-settings model.
 
 Read from ``QUERYTRAIL_*`` environment variables (nested with ``__``, e.g.
-``QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS``) and, when ``QUERYTRAIL_CONFIG`` names one, a YAML file.
+``QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS``) and, when ``QUERYTRAIL_CONFIG`` names one, a YAML file
+(without it: ``$QUERYTRAIL_HOME/run/stack.yaml``, written by ``querytrail up`` while the local stack runs).
 Environment variables win over the file. Every setting and its default is listed in
 ``docs/settings.md``; keep that table in step when adding a field here.
 
@@ -261,7 +262,11 @@ class _YamlSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         path = os.environ.get("QUERYTRAIL_CONFIG")
         if not path:
-            return {}
+            # While `querytrail up` runs the local stack, its endpoints are the defaults.
+            stack = _default_home() / "run" / "stack.yaml"
+            if not stack.is_file():
+                return {}
+            path = str(stack)
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config file must hold a mapping")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,19 @@ from typing import Any
 import pytest
 
 from querytrail.settings import KafkaSettings, Settings, SnowflakeProfile
+
+_TEST_HOME = tempfile.mkdtemp(prefix="qt-test-home-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests never see the developer's ~/.querytrail: a running `querytrail up` stack's
+    # stack.yaml (or a QUERYTRAIL_CONFIG) would otherwise leak into every Settings().
+    os.environ["QUERYTRAIL_HOME"] = _TEST_HOME
+    os.environ.pop("QUERYTRAIL_CONFIG", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -1,0 +1,221 @@
+"""``querytrail up`` / ``down`` / ``status``: the local stack (Kafka, topics, fakesnow, services).
+
+Exit codes: 0 success (``status``: everything runs), 1 failure (``status``: not, or only partly,
+running). Heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from infra.stack import StackState
+    from querytrail.settings import Settings
+
+__all__ = ["down", "register", "status", "up"]
+
+log = logging.getLogger(__name__)
+
+KAFKA, FAKESNOW = "kafka", "fakesnow"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("up", help="start the local stack: Kafka, topics, fakesnow (seeded), services")
+    p.add_argument("--json", action="store_true", help="print the endpoints as JSON")
+    p.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated services to start (default: all), e.g. kafka,fakesnow",
+    )
+    p.set_defaults(func=_up)
+    p = sub.add_parser("down", help="stop everything `querytrail up` started")
+    p.set_defaults(func=_down)
+    p = sub.add_parser("status", help="what the local stack runs, and its endpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+
+def _settings() -> Settings:
+    from querytrail.settings import Settings
+
+    return Settings()
+
+
+def _stack_yaml(settings: Settings, bootstrap: str, fakesnow_port: int) -> Path:
+    """Write home/run/stack.yaml: the user's config file (if any) plus the local endpoints."""
+    import yaml
+
+    from infra.fakesnow_server import ACCOUNT, PASSWORD, USER
+
+    data: dict[str, Any] = {}
+    user_config = os.environ.get("QUERYTRAIL_CONFIG")
+    if user_config and Path(user_config).resolve() != (settings.run_dir / "stack.yaml").resolve():
+        data = yaml.safe_load(Path(user_config).read_text(encoding="utf-8")) or {}
+    data["home"] = str(settings.home)
+    data.setdefault("kafka", {})["bootstrap_servers"] = bootstrap
+    profiles = data.setdefault("snowflake_profiles", {})
+    profiles[settings.default_target] = {
+        "account": ACCOUNT,
+        "user": USER,
+        "password": PASSWORD,
+        "host": "127.0.0.1",
+        "port": fakesnow_port,
+        "protocol": "http",
+        "database": "ANALYTICS",
+        "schema": "PUBLIC",
+    }
+    path = settings.run_dir / "stack.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# written by `querytrail up`; removed by `querytrail down`\n" + yaml.safe_dump(data))
+    return path
+
+
+def up(settings: Settings, only: set[str] | None = None) -> tuple[StackState, list[str]]:
+    """Start whatever of the stack is not running; (state, names of the services started now).
+
+    ``only`` limits the registered services started after Kafka and fakesnow (which always run).
+    """
+    from infra.fakesnow_server import FakesnowServer, connect_kwargs
+    from infra.kafka import KafkaBroker
+    from infra.seed import seed
+    from infra.stack import PREPARE, SERVICES, StackState, spawn
+    from infra.topics import create_topics
+
+    state = StackState.load(settings.run_dir)
+    started: list[str] = []
+    local = settings.local
+    try:
+        if not state.alive(KAFKA):
+            broker = KafkaBroker(
+                settings.home, local.kafka_port, local.kafka_controller_port, local.kafka_version,
+                heap=local.kafka_heap, java_home=local.java_home, jar_cache=local.jar_cache,
+                partitions=settings.kafka.partitions,
+            )  # fmt: skip
+            broker.start(timeout=local.kafka_startup_timeout_s)
+            assert broker.pid is not None
+            state.record(KAFKA, broker.pid, broker.bootstrap, broker.log_path)
+            started.append(KAFKA)
+        bootstrap = state.services[KAFKA]["endpoint"]
+        create_topics(bootstrap, settings.kafka.topic_prefix, settings.kafka.partitions, settings)
+
+        if not state.alive(FAKESNOW):
+            fs = FakesnowServer(settings.home, local.fakesnow_port)
+            fs.start(timeout=local.fakesnow_startup_timeout_s)
+            assert fs.pid is not None
+            state.record(FAKESNOW, fs.pid, fs.url, fs.log_path)
+            started.append(FAKESNOW)
+        seed(connect_kwargs(local.fakesnow_port))
+
+        stack_yaml = _stack_yaml(settings, bootstrap, local.fakesnow_port)
+        os.environ["QUERYTRAIL_CONFIG"] = str(stack_yaml)  # the services read the same settings
+        from querytrail.settings import Settings as _Settings
+
+        svc_settings = _Settings()
+        env = {"QUERYTRAIL_CONFIG": str(stack_yaml), "QUERYTRAIL_HOME": str(settings.home)}
+        for prepare in PREPARE:
+            prepare(svc_settings)
+        for svc in SERVICES:
+            if state.alive(svc.name) or (only is not None and svc.name not in only):
+                continue
+            pid, svc_log = spawn(svc, svc_settings, env, settings.run_dir / "logs")
+            endpoint = svc.endpoint(svc_settings) if svc.endpoint else None
+            state.record(svc.name, pid, endpoint, svc_log)
+            started.append(svc.name)
+    except BaseException:
+        # leave nothing half-started behind: stop what this call started
+        _stop(state, started)
+        raise
+    return state, started
+
+
+def _stop(state: StackState, names: list[str]) -> None:
+    from infra.kafka import stop_process
+
+    for name in reversed(names):
+        svc = state.services.get(name)
+        if svc and state.alive(name):
+            stop_process(int(svc["pid"]), timeout=30.0, name=name)
+        state.services.pop(name, None)
+    state.save()
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every process of the stack (services, fakesnow, Kafka); the names stopped."""
+    from infra.stack import StackState
+
+    state = StackState.load(settings.run_dir)
+    names = list(state.services)  # insertion order is start order
+    running = [n for n in names if state.alive(n)]
+    _stop(state, names)
+    state.path.unlink(missing_ok=True)
+    (settings.run_dir / "stack.yaml").unlink(missing_ok=True)
+    return running
+
+
+def status(settings: Settings) -> dict[str, dict[str, Any]]:
+    """name -> {running, pid, endpoint, log} for every process ``up`` recorded."""
+    from infra.stack import StackState
+
+    state = StackState.load(settings.run_dir)
+    return {name: {"running": state.alive(name), **info} for name, info in state.services.items()}
+
+
+def _print_endpoints(services: dict[str, dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(services, indent=2))
+        return
+    for name, info in services.items():
+        state = "running" if info.get("running", True) else "NOT RUNNING"
+        endpoint = info.get("endpoint") or "-"
+        print(f"  {name:<10} {state:<11} {endpoint:<28} pid {info['pid']}  log {info['log']}")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from infra.kafka import KafkaInfraError
+    from infra.topics import TopicCreationError
+
+    settings = _settings()
+    t0 = time.monotonic()
+    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    try:
+        _, started = up(settings, only)
+    except (KafkaInfraError, TopicCreationError) as exc:
+        print(f"querytrail up failed: {exc}", file=sys.stderr)
+        return 1
+    now = status(settings)
+    if not args.json:
+        if not started:
+            print(f"the querytrail stack is already running (home {settings.home}):")
+        else:
+            print(f"querytrail stack up in {time.monotonic() - t0:.1f}s (started: {', '.join(started)}):")
+    _print_endpoints(now, args.json)
+    if not args.json:
+        print(
+            f"settings for other commands: {settings.run_dir / 'stack.yaml'}  (stop with `querytrail down`)"
+        )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    settings = _settings()
+    stopped = down(settings)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    services = status(_settings())
+    if not services:
+        print(json.dumps({}) if args.json else "the querytrail stack is not running")
+        return 1
+    if not args.json:
+        print("querytrail stack:")
+    _print_endpoints(services, args.json)
+    return 0 if all(s["running"] for s in services.values()) else 1
