@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("--ttl", default="10m", help="lifetime, e.g. 30s, 10m, 1h (default 10m)")
     p.add_argument("--aud", default="querytrail", help="audience (default querytrail)")
     p.add_argument("--alg", default="EdDSA", choices=["EdDSA", "ES256"])
+    p.add_argument("--service-account", action="store_true", help="mark the subject as a non-human account")
     p.set_defaults(func=_token)
 
     p = sub.add_parser("submit", help="submit AI-generated SQL to querytrail and wait for the outcome")
@@ -70,6 +71,8 @@ def _token(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         claims[key] = value
     groups = [g for chunk in args.groups for g in chunk.split(",") if g]
+    if args.service_account:
+        claims["service_account"] = True
     try:
         ttl = devissuer.parse_duration(args.ttl)
         token = devissuer.mint_token(
@@ -209,7 +212,11 @@ def _ingress(args: argparse.Namespace) -> int:
     configure_logging("ingress", settings.log_level, settings.log_format)
     if settings.environment == "local":
         ensure_keys(settings)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except FileNotFoundError as exc:
+        _err(f"the ingress signing key is missing: {exc.filename}")
+        return EXIT_USAGE
     uvicorn.run(
         app,
         host=args.host or settings.ingress.host,

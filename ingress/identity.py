@@ -133,9 +133,11 @@ def map_claims(claims: Mapping[str, Any], issuer: IssuerSettings, token_sha: str
     act = claims.get("act")  # RFC 8693 delegation: the acting party
     if actor is None and isinstance(act, dict):
         actor = _as_str(act.get("sub"))
-    service_account = issuer.service_account or bool(
-        issuer.service_account_claim and claims.get(issuer.service_account_claim)
-    )
+    marker = claims.get(issuer.service_account_claim) if issuer.service_account_claim else None
+    # A string "false" is truthy in Python but means no in a claim.
+    if isinstance(marker, str):
+        marker = marker.strip().lower() not in ("", "0", "false", "no")
+    service_account = issuer.service_account or bool(marker)
     return Identity(
         subject=subject,
         issuer=str(claims.get("iss", issuer.issuer)),

@@ -116,6 +116,17 @@ def test_dev_tokens_verify(settings: Settings, alg: str) -> None:
     assert all("d" not in k for k in jwks["keys"])  # only public halves are published
 
 
+def test_service_account_claim(settings: Settings) -> None:
+    v = TokenVerifier.from_settings(settings)
+    assert v.verify(
+        devissuer.mint_token(settings, sub="bot", claims={"service_account": True})
+    ).service_account
+    assert not v.verify(
+        devissuer.mint_token(settings, sub="me", claims={"service_account": "false"})
+    ).service_account
+    assert not v.verify(devissuer.mint_token(settings, sub="me")).service_account
+
+
 def test_parse_duration() -> None:
     assert [devissuer.parse_duration(t) for t in ("90", "30s", "10m", "2h", "1d")] == [
         90,
