@@ -1,0 +1,161 @@
+"""The sink against the real broker: exactly once, across restarts, crashes and catalog outages."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from querytrail.settings import Settings
+from sinks.consumer import run_sink
+from sinks.table import open_table
+
+from .helpers import verify
+from .kafka_helpers import produce, produce_raw, sink_settings, stream, wait_rows
+
+pytestmark = pytest.mark.integration
+
+
+class _SinkThread:
+    def __init__(self, settings: Settings) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(settings,), daemon=True)
+
+    def _run(self, settings: Settings) -> None:
+        try:
+            run_sink(settings, self.stop)
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    def __enter__(self) -> _SinkThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+def _assert_exactly_once(settings: Settings, expected: dict[str, int]) -> None:
+    rows = open_table(settings).scan(selected_fields=("topic", "partition", "offset", "event_id")).to_arrow()
+    keys = list(zip(rows["topic"].to_pylist(), rows["partition"].to_pylist(), rows["offset"].to_pylist(),
+                    strict=True))
+    dupes = [k for k, c in Counter(keys).items() if c > 1]
+    assert not dupes, f"{len(dupes)} records stored twice, e.g. {dupes[:3]}"
+    assert Counter(rows["topic"].to_pylist()) == Counter(expected)
+    assert len(set(rows["event_id"].to_pylist())) == rows.num_rows
+    for topic in expected:  # offsets contiguous from 0: nothing lost in between
+        for p in {k[1] for k in keys if k[0] == topic}:
+            offs = sorted(k[2] for k in keys if k[0] == topic and k[1] == p)
+            assert offs == list(range(len(offs))), f"{topic}:{p} has gaps"
+
+
+def test_stream_lands_exactly_once_and_restart_adds_nothing(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix)
+    counts = produce(kafka_bootstrap, topic_prefix, stream(3000))
+    produce_raw(kafka_bootstrap, f"{topic_prefix}.deadletter", b"\x00not avro at all")
+    counts[f"{topic_prefix}.deadletter"] = counts.get(f"{topic_prefix}.deadletter", 0) + 1
+    with _SinkThread(settings):
+        assert wait_rows(settings, 3001) == 3001
+    with _SinkThread(settings):  # a restart resumes from the snapshot: nothing re-added
+        time.sleep(3)
+    _assert_exactly_once(settings, counts)
+    report = verify(settings)
+    assert report.ok, report.problems[:5]
+    rows = open_table(settings).scan(row_filter="event_type == 'Undecodable'").to_arrow()
+    assert rows["avro"].to_pylist() == [b"\x00not avro at all"]
+
+
+def test_catalog_outage_loses_nothing(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iceberg appends fail for a while (a mock: an outage of a SQLite file cannot be caused
+    from outside the process, the open connection pool keeps working); the sink keeps running,
+    keeps the rows, commits no Kafka offsets, and writes everything once the catalog is back."""
+    from pyiceberg.table import Table
+
+    settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix, commit_interval_s=0.1)
+    real_append = Table.append
+    failures = {"left": 6}
+
+    def flaky_append(self: Any, *args: Any, **kwargs: Any) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError("catalog unavailable (injected)")
+        real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Table, "append", flaky_append)
+    counts = produce(kafka_bootstrap, topic_prefix, stream(500))
+    with _SinkThread(settings):
+        assert wait_rows(settings, 500, timeout=180) == 500
+    assert failures["left"] == 0
+    _assert_exactly_once(settings, counts)
+    assert verify(settings).ok
+
+
+def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update({
+        "QUERYTRAIL_HOME": str(settings.home),
+        "QUERYTRAIL_ENVIRONMENT": "local",
+        "QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "QUERYTRAIL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "QUERYTRAIL_ICEBERG__COMMIT_INTERVAL_S": str(settings.iceberg.commit_interval_s),
+        "QUERYTRAIL_ICEBERG__BATCH_SIZE": str(settings.iceberg.batch_size),
+        "QUERYTRAIL_LOG_LEVEL": "WARNING",
+    })
+    env.pop("QUERYTRAIL_CONFIG", None)
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "sinks"], env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_sigkill_at_random_points_neither_loses_nor_duplicates(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    total = 10_000
+    settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix, commit_interval_s=0.2,
+                             batch_size=700)
+    counts: dict[str, int] = {}
+    producer = threading.Thread(
+        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 500, 0.25)),
+        daemon=True,
+    )
+    producer.start()
+    rng = random.Random(int(os.environ.get("QT_CRASH_SEED", "0")) or None)
+    log = tmp_path / "sink.log"
+    kills = 0
+    for _ in range(5):
+        proc = _spawn(settings, log)
+        time.sleep(rng.uniform(1.5, 4.0))  # startup plus a random slice of work
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+    producer.join(120)
+    assert not producer.is_alive()
+    proc = _spawn(settings, log)
+    try:
+        got = wait_rows(settings, total, timeout=240)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert got == total, log.read_text()[-3000:]
+    _assert_exactly_once(settings, counts)
+    report = verify(settings)
+    assert report.ok, report.problems[:5]
+    assert kills == 5
