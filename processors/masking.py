@@ -14,8 +14,10 @@ Masks (Snowflake SQL, also run by fakesnow/DuckDB in tests)::
     email    '****@' || SPLIT_PART(TO_VARCHAR(x), '@', 2)     keeps the domain
     last4    '***-**-' || RIGHT(TO_VARCHAR(x), 4)
     hash     SHA2(TO_VARCHAR(x), 256)
-    nullify  CAST(NULL AS <column type>)
-    redact   '***MASKED***'
+    nullify  CAST(IFF(x IS NULL, NULL, NULL) AS <column type>)
+    redact   IFF(x IS NULL, '***MASKED***', '***MASKED***')
+
+(nullify and redact keep ``x`` in the expression so an aggregate stays an aggregate.)
 
 Format-preserving masks (email, last4) are only sound on the value itself: ``'x@' || email``
 or ``REVERSE(email)`` would leak through them. So when a source reaches the output through
@@ -59,6 +61,10 @@ def _varchar(x: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="TO_VARCHAR", expressions=[x])
 
 
+def _constant(x: exp.Expr, value: exp.Expr) -> exp.Expr:
+    return exp.If(this=exp.Is(this=x, expression=exp.null()), true=value, false=value.copy())
+
+
 def mask_expression(kind: str, x: exp.Expr, col_type: str | None = None) -> exp.Expr:
     """The mask ``kind`` applied to expression ``x``.
 
@@ -75,10 +81,12 @@ def mask_expression(kind: str, x: exp.Expr, col_type: str | None = None) -> exp.
         return exp.DPipe(this=exp.Literal.string("***-**-"), expression=right, safe=True)
     if kind == "hash":
         return exp.SHA2(this=_varchar(x), length=exp.Literal.number(256))
+    # nullify/redact still mention x: a bare constant would turn MAX(x) into a non-aggregate
+    # and change the row count; both IFF branches are equal, so nothing about x is revealed
     if kind == "nullify":
-        return exp.cast(exp.null(), col_type or "VARCHAR")
+        return exp.cast(_constant(x, exp.null()), col_type or "VARCHAR")
     if kind == "redact":
-        return exp.Literal.string("***MASKED***")
+        return _constant(x, exp.Literal.string("***MASKED***"))
     raise MaskingError(f"unknown mask {kind!r}")
 
 

@@ -65,10 +65,11 @@ def mask_kind_of(expr: object) -> str | None:
 
     if isinstance(expr, exp.Alias):
         expr = expr.this
-    if isinstance(expr, exp.Literal) and expr.is_string and expr.this == "***MASKED***":
+    if isinstance(expr, exp.If) and _sql(expr.args["true"]) == _sql(expr.args["false"]) == "'***MASKED***'":
         return "redact"
-    if isinstance(expr, exp.Cast) and isinstance(expr.this, exp.Null):
-        return "nullify"
+    if isinstance(expr, exp.Cast) and isinstance(expr.this, exp.If):
+        if _sql(expr.this.args["true"]) == _sql(expr.this.args["false"]) == "NULL":
+            return "nullify"
     if isinstance(expr, exp.SHA2) and _sql(expr.this).startswith(("TO_VARCHAR(", "TO_CHAR(")):
         return "hash"
     if isinstance(expr, exp.DPipe) and isinstance(expr.this, exp.Literal):
