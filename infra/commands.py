@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from infra.stack import StackState
     from querytrail.settings import Settings
 
-__all__ = ["down", "register", "status", "up"]
+__all__ = ["down", "register", "smoke", "status", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("status", help="what the local stack runs, and its endpoints")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
+    p = sub.add_parser("smoke", help="check the running stack: an event through Kafka, a query on fakesnow")
+    p.set_defaults(func=_smoke)
 
 
 def _settings() -> Settings:
@@ -219,3 +221,103 @@ def _status(args: argparse.Namespace) -> int:
         print("querytrail stack:")
     _print_endpoints(services, args.json)
     return 0 if all(s["running"] for s in services.values()) else 1
+
+
+def smoke(settings: Settings) -> list[str]:
+    """One QueryRequested through a throwaway topic and back, and a query on the demo warehouse.
+
+    The throwaway topic (``<prefix>.smoke-<uuid>``, deleted afterwards) keeps the check out of
+    the audit log. Returns what was checked; raises on the first failure.
+    """
+    import uuid
+
+    import snowflake.connector
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from infra.clients import make_consumer, make_producer, poll_messages, produce_sync
+    from schemas.codec import EventCodec, key_for
+    from schemas.topics import topic_names
+
+    done: list[str] = []
+    kafka = settings.kafka
+    conf: dict[str, Any] = {**kafka.confluent_config(), "logger": logging.getLogger("querytrail.rdkafka")}
+    admin = AdminClient(conf)
+    existing = admin.list_topics(timeout=15).topics
+    missing = [t for t in topic_names(kafka.topic_prefix).values() if t not in existing]
+    if missing:
+        raise RuntimeError(f"topics missing on {kafka.bootstrap_servers}: {missing} (run `querytrail up`)")
+    done.append(f"kafka {kafka.bootstrap_servers}: the {len(topic_names())} querytrail topics exist")
+
+    topic = f"{kafka.topic_prefix}.smoke-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, 1, kafka.replication_factor)])[topic].result(15)
+    try:
+        codec = EventCodec(kafka.schema_registry_url)
+        event = _smoke_event()
+        produce_sync(make_producer(kafka), topic, codec.encode(event), key=key_for(event), timeout=15)
+        consumer = make_consumer(kafka, group_id=f"smoke-{uuid.uuid4()}")
+        try:
+            consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            (msg,) = poll_messages(consumer, 1, timeout=15)
+        finally:
+            consumer.close()
+        if codec.decode(msg.value() or b"") != event:
+            raise RuntimeError("the event read back differs from the event produced")
+        done.append(f"kafka: QueryRequested {event.request_id} produced, consumed and decoded")
+    finally:
+        admin.delete_topics([topic])[topic].result(15)
+
+    profile = settings.snowflake_profiles.get(settings.default_target)
+    if profile is None:
+        raise RuntimeError(f"no snowflake profile {settings.default_target!r} (run `querytrail up`)")
+    with snowflake.connector.connect(
+        account=profile.account, user=profile.user, host=profile.host, port=profile.port,
+        protocol=profile.protocol, password=profile.password.get_secret_value() if profile.password else None,
+        login_timeout=profile.login_timeout_s, network_timeout=profile.network_timeout_s,
+    ) as conn:  # fmt: skip
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM ANALYTICS.PUBLIC.CUSTOMERS")
+        row = cur.fetchone()
+    done.append(
+        f"snowflake {profile.host}:{profile.port}: ANALYTICS.PUBLIC.CUSTOMERS has {row[0] if row else 0} rows"
+    )
+    return done
+
+
+def _smoke_event() -> Any:
+    """A QueryRequested carrying no credential worth anything (it only travels the smoke topic)."""
+    import hashlib
+
+    from schemas.events import (
+        ClientContext,
+        Credential,
+        QueryRequested,
+        Target,
+        new_event_id,
+        producer,
+        utcnow,
+    )
+
+    return QueryRequested(
+        event_id=new_event_id(),
+        request_id=f"smoke-{new_event_id()}",
+        occurred_at=utcnow(),
+        producer=producer("cli"),
+        prompt="smoke check: count the customers",
+        model="none",
+        sql="SELECT COUNT(*) FROM ANALYTICS.PUBLIC.CUSTOMERS",
+        target=Target(profile="analytics"),
+        context=ClientContext(ci_provider="local"),
+        credential=Credential(token_sha256=hashlib.sha256(b"smoke").hexdigest()),
+    )
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    try:
+        for line in smoke(_settings()):
+            print(f"ok  {line}")
+    except Exception as exc:  # report any failure as a failed check, not a traceback
+        print(f"smoke check failed: {exc}", file=sys.stderr)
+        return 1
+    print("smoke checks passed")
+    return 0

@@ -1,0 +1,59 @@
+# querytrail developer targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+QT := $(VENV)/bin/querytrail
+STAMP := $(VENV)/.installed
+PACKAGES := querytrail schemas ingress processors sinks infra
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint format up down status smoke demo bench constraints clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install querytrail with the pinned constraints
+
+test: $(STAMP) ## run every test (unit + integration against a real Kafka and fakesnow)
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+up: $(STAMP) ## start the local stack (Kafka, topics, fakesnow + demo data, services)
+	$(QT) up
+
+down: $(STAMP) ## stop everything `up` started
+	$(QT) down
+
+status: $(STAMP) ## what the local stack runs
+	$(QT) status
+
+smoke: $(STAMP) ## check the running stack end to end
+	$(QT) smoke
+
+demo: up ## start the stack and run the demo (the smoke check until `querytrail demo` exists)
+	@if $(PY) -c 'import querytrail.demo' 2>/dev/null; then $(QT) demo; else $(QT) smoke; fi
+
+bench: $(STAMP) ## codec benchmark: Avro encode+decode next to json
+	$(PY) bench/codec.py
+
+constraints: ## refresh constraints.txt from the current venv (after a dependency change passed the tests)
+	{ echo '# pip freeze of the venv the tests passed in (minus querytrail itself); refresh with `make constraints`.'; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^querytrail'; } > constraints.txt
+
+clean: ## remove the venv and caches (not ~/.querytrail)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
