@@ -244,6 +244,10 @@ class EventCodec:
     def decode(self, data: bytes) -> Any:
         """The event in ``data`` (either framing, any known schema version), or DecodeError."""
         if type(data) is not bytes:
+            if data is None:  # a Kafka tombstone
+                raise DecodeError("too_short", "no value (tombstone)")
+            if not isinstance(data, bytearray | memoryview):
+                raise DecodeError("corrupt_body", f"expected bytes, got {type(data).__name__}")
             data = bytes(data)
         n = len(data)
         if n == 0:

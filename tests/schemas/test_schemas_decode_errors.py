@@ -85,6 +85,15 @@ def test_reasons(data: bytes, reason: str) -> None:
     assert not err.value.retryable
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"), [(None, "too_short"), ("text", "corrupt_body"), (7, "corrupt_body")]
+)
+def test_values_that_are_not_bytes(value: Any, reason: str) -> None:
+    with pytest.raises(DecodeError) as err:
+        CODEC.decode(value)
+    assert err.value.reason == reason
+
+
 def test_body_reasons() -> None:
     fp = {v.name: v.fingerprint for v in schema_versions() if v.version == "current"}["ResultPage"]
     with pytest.raises(DecodeError) as err:
