@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.optimizer.qualify_columns import quote_identifiers
 
 from processors.analysis.model import Analysis, Classifier, OutputColumn
@@ -43,6 +44,7 @@ STRENGTH = ("nullify", "redact", "hash", "last4", "email")  # strongest first
 MASKS = frozenset(STRENGTH)
 _FORMAT_PRESERVING = frozenset({"email", "last4"})
 _PLAIN = re.compile(r"[A-Z_][A-Z0-9_$]*")
+_SNOWFLAKE = Dialect.get_or_raise("snowflake")
 
 
 class MaskingError(Exception):
@@ -84,7 +86,7 @@ def mask_expression(kind: str, x: exp.Expr, col_type: str | None = None) -> exp.
     # nullify/redact still mention x: a bare constant would turn MAX(x) into a non-aggregate
     # and change the row count; both IFF branches are equal, so nothing about x is revealed
     if kind == "nullify":
-        return exp.cast(_constant(x, exp.null()), col_type or "VARCHAR")
+        return exp.cast(_constant(x, exp.null()), col_type or "VARCHAR", copy=False)
     if kind == "redact":
         return _constant(x, exp.Literal.string("***MASKED***"))
     raise MaskingError(f"unknown mask {kind!r}")
@@ -164,16 +166,17 @@ def plan_masking(
             inner = proj.this if isinstance(proj, exp.Alias) else proj
             old = proj.alias_or_name
             if plan is not None:
-                inner = mask_expression(plan.mask, inner.copy(), out.type)
+                inner = mask_expression(plan.mask, inner, out.type)
             elif i > 0 and not isinstance(proj, exp.Alias):
                 continue  # later branches' names do not matter
             if old != out.name:
                 renames[old] = out.name
-            proj.replace(exp.alias_(inner, _identifier(out.name)))
+            proj.replace(exp.alias_(inner, _identifier(out.name), copy=False))
         if i == 0:
             _rename_refs(sel, renames)
             top = tree.this if isinstance(tree, exp.Subquery) else tree
             if top is not sel:
                 _rename_refs(top, renames)
     quote_identifiers(tree, dialect="snowflake", identify=False)
-    return tree.sql("snowflake"), tuple(p for p in plans if p is not None)
+    # the tree is our own copy: let the generator skip its defensive deep copy
+    return _SNOWFLAKE.generate(tree, copy=False), tuple(p for p in plans if p is not None)

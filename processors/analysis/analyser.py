@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlglot
 from sqlglot import exp
@@ -22,6 +22,7 @@ from processors.catalog import Catalog, CatalogError, normalise_identifier
 __all__ = ["Context", "analyse"]
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=exp.Expr)
 
 # kinds whose tables are qualified and whose queries are traced
 _TRACED = frozenset({"select", "insert", "update", "delete", "merge", "ddl", "unload", "grant", "describe"})
@@ -47,6 +48,17 @@ class Context:
     star_selects: dict[int, frozenset[str]] = field(default_factory=dict)  # id(select) -> explicit names
     parse_error: str | None = None
     failed: bool = False  # analysis gave up part-way: nothing here may be trusted for masking
+
+    _index: dict[type, list[Any]] | None = None
+
+    def nodes(self, kind: type[E]) -> list[E]:
+        """Every node of exactly this type in the (qualified) statement, from one shared walk."""
+        if self._index is None:
+            self._index = {}
+            if self.node is not None:
+                for n in self.node.walk():
+                    self._index.setdefault(type(n), []).append(n)
+        return self._index.get(kind, [])
 
     def classification(self, fq_column: str) -> str | None:
         """Catalog classification first, then the classifier (policy globs)."""
@@ -122,8 +134,8 @@ def _qualify(ctx: Context, database: str | None, schema: str | None) -> None:
         )
 
 
-def _cte_names(node: exp.Expr) -> set[str]:
-    return {cte.alias for cte in node.find_all(exp.CTE)}
+def _cte_names(ctx: Context) -> set[str]:
+    return {cte.alias for cte in ctx.nodes(exp.CTE)}
 
 
 def _written_target(node: exp.Expr) -> list[exp.Table]:
@@ -195,8 +207,8 @@ def _collect_tables(ctx: Context) -> None:
             ctx.tables_read.add(lineage.table_name(node.this))
         return
     scans = not (isinstance(node, exp.Create) and str(node.args.get("kind") or "").upper() == "VIEW")
-    ctes = _cte_names(node)
-    for t in _read_candidates(node):
+    ctes = _cte_names(ctx)
+    for t in _read_candidates(ctx, node):
         if id(t) in written_ids or (isinstance(node, exp.Copy) and t is node.this):
             continue
         if is_location(t):
@@ -215,16 +227,12 @@ def _collect_tables(ctx: Context) -> None:
             ctx.scanned[name] = ctx.scanned.get(name, True) and _filtered(t, lineage)
 
 
-def _read_candidates(node: exp.Expr) -> list[exp.Table]:
+def _read_candidates(ctx: Context, node: exp.Expr) -> list[exp.Table]:
     """Table nodes that may be read: for DDL only those inside its query or CLONE source."""
-    if ctx_kind_is_ddl(node):
+    if ctx.kind == "ddl":
         roots = [node.args.get("expression"), node.args.get("clone")] if isinstance(node, exp.Create) else []
         return [t for r in roots if r is not None for t in r.find_all(exp.Table)]
-    return list(node.find_all(exp.Table))
-
-
-def ctx_kind_is_ddl(node: exp.Expr) -> bool:
-    return statement_kind(node) == "ddl"
+    return ctx.nodes(exp.Table)
 
 
 def _fq_or_partial(t: exp.Table) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["Analysis", "Classifier", "Finding", "OutputColumn", "StatementKind"]
@@ -48,8 +48,6 @@ class Analysis:
     sql: str = ""  # the text analysed (masking re-parses it to rewrite only what it must)
     database: str | None = None
     schema: str | None = None
-    # outermost projections that came from a star the analyser could not expand
-    unresolved_outputs: tuple[str, ...] = field(default=())
 
     @property
     def tables(self) -> tuple[str, ...]:

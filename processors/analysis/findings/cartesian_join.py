@@ -35,7 +35,7 @@ def _links(cond: exp.Expr | None, alias: str) -> bool:
 def cartesian_join(ctx: Context) -> Iterator[Finding]:
     if ctx.node is None or ctx.lineage is None:
         return
-    for sel in ctx.node.find_all(exp.Select):
+    for sel in ctx.nodes(exp.Select):
         where = sel.args.get("where")
         for join in sel.args.get("joins") or []:
             target = join.this

@@ -31,6 +31,6 @@ def dynamic_sql(ctx: Context) -> Iterator[Finding]:
         yield Finding("dynamic_sql", "CALL runs a stored procedure")
     elif isinstance(node, exp.Command) and "EXECUTE" in str(node.expression).upper():
         yield Finding("dynamic_sql", "statement embeds EXECUTE")
-    for fn in node.find_all(exp.DynamicIdentifier):
+    for fn in ctx.nodes(exp.DynamicIdentifier):
         yield Finding("dynamic_sql", f"IDENTIFIER() names an object at run time: {fn.sql('snowflake')}")
         return

@@ -23,7 +23,7 @@ def select_star_sensitive(ctx: Context) -> Iterator[Finding]:
     if lineage is None or node is None or not ctx.star_selects:
         return
     hits: set[str] = set()
-    for sel in node.find_all(exp.Select):
+    for sel in ctx.nodes(exp.Select):
         explicit = ctx.star_selects.get(id(sel))
         scope = lineage.scope_for(sel)
         if explicit is None or scope is None:

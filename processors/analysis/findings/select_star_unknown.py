@@ -21,7 +21,7 @@ __all__ = ["select_star_unknown"]
 def select_star_unknown(ctx: Context) -> Iterator[Finding]:
     if ctx.node is None or ctx.lineage is None:
         return
-    for sel in ctx.node.find_all(exp.Select):
+    for sel in ctx.nodes(exp.Select):
         for proj in sel.expressions:
             if isinstance(proj, exp.Star) or isinstance(proj.this, exp.Star):
                 yield Finding("select_star_unknown", f"cannot expand {proj.sql('snowflake')}")
