@@ -191,7 +191,9 @@ class _Gen:
                 kk, kb = self.var("k"), self.var()
                 item = " + ".join([f"_L[len({kb} := {kk}.encode())]", kb, *self.enc(t["values"], i)])
                 body = f"[{item} for {kk}, {i} in {x}.items()]"
-            return [f'(_L[len({x})] + b"".join({body}) + b"\\x00" if ({x} := {v}) else b"\\x00")']
+            # len() first, so None (or any non-collection) is refused instead of written as empty.
+            c = self.var("c")
+            return [f'(_L[{c}] + b"".join({body}) + b"\\x00" if ({c} := len({x} := {v})) else b"\\x00")']
         if k == "union":
             return [self.union_enc(t, v)]
         raise ValueError(f"unsupported Avro type {t!r}")

@@ -162,8 +162,9 @@ def test_decoded_values_have_the_documented_types() -> None:
     ],
 )
 def test_encode_errors(change: dict[str, Any], match: str) -> None:
-    with pytest.raises(EncodeError, match=match):
+    with pytest.raises(EncodeError, match=match) as err:
         CODEC.encode(dataclasses.replace(_result_page(), **change))
+    assert "secret-token" not in str(err.value)  # a value in the wrong field may be a secret
 
 
 def test_encode_refuses_non_events_and_bad_enums() -> None:
@@ -181,6 +182,24 @@ def test_encode_refuses_non_events_and_bad_enums() -> None:
                 credential=events.Credential(token_sha256="t"),
             )
         )
+
+
+def test_none_for_a_required_collection_is_refused() -> None:
+    ev = _query_requested(sealed=None)
+    with pytest.raises(EncodeError, match=r"ClientContext\.extra"):
+        CODEC.encode(dataclasses.replace(ev, context=events.ClientContext(extra=None)))  # type: ignore[arg-type]
+    rejected = events.QueryRejected(
+        event_id=events.new_event_id(),
+        request_id="r",
+        occurred_at=events.utcnow(),
+        producer=events.producer("worker"),
+        stage="policy",
+        reason_code="denied_by_policy",
+        reason="no rule allows it",
+        rules=None,  # type: ignore[arg-type]
+    )
+    with pytest.raises(EncodeError, match="rules"):
+        CODEC.encode(rejected)
 
 
 def test_key_for() -> None:
