@@ -85,6 +85,13 @@ def _uuid_bytes(v: str) -> bytes:
     return v.encode()
 
 
+def _array_len(v: Any) -> int:
+    """Length of an array value; a str is refused (it would be written one character per item)."""
+    if not isinstance(v, tuple | list):
+        raise TypeError(f"expected a tuple or list, got {type(v).__name__}")
+    return len(v)
+
+
 @dataclass(frozen=True)
 class CodecFunctions:
     """Generated functions for one record schema."""
@@ -112,6 +119,7 @@ class _Gen:
             "_TD": timedelta,
             "_rl": _read_long,
             "_uuid": _uuid_bytes,
+            "_alen": _array_len,
             "_Bad": CorruptBody,
             "_new": object.__new__,
             "_set": object.__setattr__,
@@ -191,9 +199,10 @@ class _Gen:
                 kk, kb = self.var("k"), self.var()
                 item = " + ".join([f"_L[len({kb} := {kk}.encode())]", kb, *self.enc(t["values"], i)])
                 body = f"[{item} for {kk}, {i} in {x}.items()]"
-            # len() first, so None (or any non-collection) is refused instead of written as empty.
+            # Size first, so None (or a str for an array) is refused instead of written as something else.
             c = self.var("c")
-            return [f'(_L[{c}] + b"".join({body}) + b"\\x00" if ({c} := len({x} := {v})) else b"\\x00")']
+            size = f"_alen({x} := {v})" if k == "array" else f"len({x} := {v})"
+            return [f'(_L[{c}] + b"".join({body}) + b"\\x00" if ({c} := {size}) else b"\\x00")']
         if k == "union":
             return [self.union_enc(t, v)]
         raise ValueError(f"unsupported Avro type {t!r}")

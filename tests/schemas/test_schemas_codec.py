@@ -200,6 +200,8 @@ def test_none_for_a_required_collection_is_refused() -> None:
     )
     with pytest.raises(EncodeError, match="rules"):
         CODEC.encode(rejected)
+    with pytest.raises(EncodeError, match="rules"):
+        CODEC.encode(dataclasses.replace(rejected, rules="rule-1"))  # a str is not a tuple of ids
 
 
 def test_key_for() -> None:
