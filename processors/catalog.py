@@ -202,12 +202,17 @@ class Catalog:
         return f"Catalog({len(self.tables)} tables, version={self.version[:12]})"
 
     def table(self, fq: str) -> TableInfo | None:
-        """Look a table up by name; the name is normalised first (unquoted parts upper-cased)."""
-        found = self.tables.get(fq)
-        if found is not None:
-            return found
+        """The table with exactly this resolved name (``DB.SCHEMA.TABLE``, already normalised).
+
+        Exact on purpose: ``"analytics"."public"."t"`` resolves to ``analytics.public.t``, which
+        is a different table from ``ANALYTICS.PUBLIC.T``. Use ``lookup`` for names as typed.
+        """
+        return self.tables.get(fq)
+
+    def lookup(self, name: str) -> TableInfo | None:
+        """Find a table by a name as a user would type it (unquoted parts upper-cased)."""
         try:
-            return self.tables.get(normalise_name(fq))
+            return self.tables.get(normalise_name(name))
         except CatalogError:
             return None
 

@@ -280,6 +280,14 @@ def _predicates(ctx: Context) -> None:
     for scope in lineage.scopes:
         expr = scope.expression
         if isinstance(expr, exp.Select):
+            aliases = {p.alias: p for p in expr.selects if isinstance(p, exp.Alias)}
+            for clause in ("order", "group"):
+                # ORDER BY n / GROUP BY n may name a projection alias: resolve through it
+                node_ = expr.args.get(clause)
+                for col in node_.find_all(exp.Column) if node_ is not None else ():
+                    if not col.table and col.name in aliases:
+                        _add(ctx.predicates, lineage.expr_sources(scope, aliases[col.name]))
+                        col.meta["qt_alias_ref"] = True
             parts: list[exp.Expr | None] = [expr.args.get(a) for a in _PREDICATE_ARGS]
             for join in expr.args.get("joins") or []:
                 parts.append(join.args.get("on"))
@@ -389,9 +397,13 @@ def analyse(
     read = set().union(*(c.tables_read for c in contexts))
     written = set().union(*(c.tables_written for c in contexts))
     scanned = set().union(*(c.scanned for c in contexts))
+    # whole-table bytes of every table scanned (no selectivity guess); unknown (None) as soon
+    # as one scanned table is unresolved or has no statistics, so a size rule never passes on it
     est: int | None = None
     if error is None:
-        est = sum((t.bytes or 0) for name in sorted(scanned) if (t := catalog.table(name)) is not None)
+        infos = [catalog.table(name) for name in sorted(scanned)]
+        if all(t is not None and t.bytes is not None for t in infos):
+            est = sum(t.bytes or 0 for t in infos if t is not None)
     one = contexts[0]
     predicates = set().union(*(c.predicates for c in contexts))
     return Analysis(

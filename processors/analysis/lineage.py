@@ -255,7 +255,8 @@ class Lineage:
             while stack:
                 node = stack.pop()
                 if isinstance(node, exp.Column):
-                    _merge(out, self.column_sources(scope, node, sources), passthrough=False)
+                    if not node.meta.get("qt_alias_ref"):  # alias refs were resolved by the caller
+                        _merge(out, self.column_sources(scope, node, sources), passthrough=False)
                     continue
                 if isinstance(node, _SUBQUERY):
                     continue

@@ -35,8 +35,9 @@ def test_design_md_example(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(DESIGN_EXAMPLE)
     cat = Catalog.load(path)
-    t = cat.table("analytics.public.customers")
-    assert t is not None
+    t = cat.lookup("analytics.public.customers")
+    assert t is not None and cat.table("ANALYTICS.PUBLIC.CUSTOMERS") is t
+    assert cat.table("analytics.public.customers") is None  # resolved names are exact
     assert t.name == "ANALYTICS.PUBLIC.CUSTOMERS"
     assert (t.row_count, t.bytes) == (1200000, 480000000)
     assert t.columns == (
