@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_report)
 
     p = subparsers.add_parser("compact", help="rewrite small data files without changing a row")
-    p.add_argument("--target-rows", type=int, default=1_000_000)
+    p.add_argument("--min-files", type=int, default=2, help="rewrite days holding at least this many files")
     p.set_defaults(func=_compact)
 
 
@@ -197,6 +197,6 @@ def _compact(args: argparse.Namespace) -> int:
     from sinks.compact import compact
     from sinks.table import open_table
 
-    result = compact(open_table(_settings()), target_rows=args.target_rows)
+    result = compact(open_table(_settings()), min_files=args.min_files)
     print(json.dumps(result))
     return 0

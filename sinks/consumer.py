@@ -23,7 +23,7 @@ from sinks.chain import ensure_keypair, load_signer, tp_key
 from sinks.table import load_or_create_table
 from sinks.writer import IcebergSink, Record, StaleStateError
 
-__all__ = ["build_sink", "consumer_config", "run_sink", "witness_path"]
+__all__ = ["SinkRunner", "build_sink", "consumer_config", "run_sink", "witness_path"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def build_sink(settings: Settings) -> IcebergSink:
     )
 
 
-class _Runner:
+class SinkRunner:
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
         self.settings = settings
         self.stop = stop
@@ -192,5 +192,5 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    _Runner(settings, stop).run()
+    SinkRunner(settings, stop).run()
     return 0

@@ -167,7 +167,7 @@ class IcebergSink(BatchingSink):
         uuid = str(self.table.metadata.table_uuid)
         offsets, heads = dict(base.offsets), dict(base.heads)
         now = datetime.now(UTC)
-        columns: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
+        rows: list[dict[str, Any]] = []
         for (topic, partition), batch in batches.items():
             key = tp_key(topic, partition)
             ours, theirs = self.state.heads.get(key), base.heads.get(key)
@@ -177,12 +177,11 @@ class IcebergSink(BatchingSink):
             for row, sha in zip(batch.rows, batch.avro_sha, strict=True):
                 prev = chain_step(prev, sha)
                 row["avro_sha256"], row["chain_hash"], row["ingested_at"] = sha.hex(), prev.hex(), now
-                for name in ARROW_SCHEMA.names:
-                    columns[name].append(row.get(name))
+            rows.extend(batch.rows)
             heads[key] = self.signer.sign_head(uuid, key, batch.last_offset, prev)
             offsets[key] = batch.last_offset + 1
         state = SinkState(offsets=offsets, heads=heads, key_id=self.signer.key_id)
-        data = pa.table(columns, schema=ARROW_SCHEMA)
+        data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
         before = len(self.table.metadata.snapshots)
         try:
             self.table.append(data, snapshot_properties=state.to_summary())

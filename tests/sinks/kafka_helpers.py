@@ -21,9 +21,12 @@ _TOPIC_OF = {event: suffix for suffix, t in TOPICS.items() for event in t.events
 
 def sink_settings(home: Path, bootstrap: str, prefix: str, **iceberg: Any) -> Settings:
     ice = {"commit_interval_s": 0.3, "batch_size": 2000, **iceberg}
-    return Settings(home=home, environment="local",
-                    kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
-                    iceberg=IcebergSettings(**ice))
+    return Settings(
+        home=home,
+        environment="local",
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
+        iceberg=IcebergSettings(**ice),
+    )
 
 
 def stream(n: int) -> Iterator[Any]:
@@ -40,12 +43,20 @@ def stream(n: int) -> Iterator[Any]:
         i += 1
 
 
-def produce(bootstrap: str, prefix: str, events: Iterator[Any], pause_every: int = 0, pause_s: float = 0.0
-            ) -> dict[str, int]:
+def produce(
+    bootstrap: str, prefix: str, events: Iterator[Any], pause_every: int = 0, pause_s: float = 0.0
+) -> dict[str, int]:
     """Produce every event to its topic (murmur2 on the request id); returns counts per topic."""
     names = topic_names(prefix)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "partitioner": "murmur2_random", "linger.ms": 5})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+        }
+    )
     counts: dict[str, int] = {}
     for n, event in enumerate(events, 1):
         topic = names[_TOPIC_OF[event.event_type]]

@@ -51,8 +51,9 @@ class _SinkThread:
 
 def _assert_exactly_once(settings: Settings, expected: dict[str, int]) -> None:
     rows = open_table(settings).scan(selected_fields=("topic", "partition", "offset", "event_id")).to_arrow()
-    keys = list(zip(rows["topic"].to_pylist(), rows["partition"].to_pylist(), rows["offset"].to_pylist(),
-                    strict=True))
+    keys = list(
+        zip(rows["topic"].to_pylist(), rows["partition"].to_pylist(), rows["offset"].to_pylist(), strict=True)
+    )
     dupes = [k for k, c in Counter(keys).items() if c > 1]
     assert not dupes, f"{len(dupes)} records stored twice, e.g. {dupes[:3]}"
     assert Counter(rows["topic"].to_pylist()) == Counter(expected)
@@ -81,8 +82,9 @@ def test_stream_lands_exactly_once_and_restart_adds_nothing(
     assert rows["avro"].to_pylist() == [b"\x00not avro at all"]
 
 
-def test_catalog_outage_loses_nothing(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_catalog_outage_loses_nothing(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Iceberg appends fail for a while (a mock: an outage of a SQLite file cannot be caused
     from outside the process, the open connection pool keeps working); the sink keeps running,
     keeps the rows, commits no Kafka offsets, and writes everything once the catalog is back."""
@@ -109,15 +111,17 @@ def test_catalog_outage_loses_nothing(kafka_bootstrap: str, topic_prefix: str, t
 
 def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env.update({
-        "QUERYTRAIL_HOME": str(settings.home),
-        "QUERYTRAIL_ENVIRONMENT": "local",
-        "QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "QUERYTRAIL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "QUERYTRAIL_ICEBERG__COMMIT_INTERVAL_S": str(settings.iceberg.commit_interval_s),
-        "QUERYTRAIL_ICEBERG__BATCH_SIZE": str(settings.iceberg.batch_size),
-        "QUERYTRAIL_LOG_LEVEL": "WARNING",
-    })
+    env.update(
+        {
+            "QUERYTRAIL_HOME": str(settings.home),
+            "QUERYTRAIL_ENVIRONMENT": "local",
+            "QUERYTRAIL_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "QUERYTRAIL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "QUERYTRAIL_ICEBERG__COMMIT_INTERVAL_S": str(settings.iceberg.commit_interval_s),
+            "QUERYTRAIL_ICEBERG__BATCH_SIZE": str(settings.iceberg.batch_size),
+            "QUERYTRAIL_LOG_LEVEL": "WARNING",
+        }
+    )
     env.pop("QUERYTRAIL_CONFIG", None)
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "sinks"], env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -129,8 +133,9 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     total = 10_000
-    settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix, commit_interval_s=0.2,
-                             batch_size=700)
+    settings = sink_settings(
+        tmp_path / "home", kafka_bootstrap, topic_prefix, commit_interval_s=0.2, batch_size=700
+    )
     counts: dict[str, int] = {}
     producer = threading.Thread(
         target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 500, 0.25)),
@@ -139,13 +144,14 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     producer.start()
     rng = random.Random(int(os.environ.get("QT_CRASH_SEED", "0")) or None)
     log = tmp_path / "sink.log"
-    kills = 0
+    kills, progress = 0, []
     for _ in range(5):
         proc = _spawn(settings, log)
-        time.sleep(rng.uniform(1.5, 4.0))  # startup plus a random slice of work
+        time.sleep(rng.uniform(2.0, 4.5))  # startup plus a random slice of work
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
+        progress.append(wait_rows(settings, total + 1, timeout=0.1))
     producer.join(120)
     assert not producer.is_alive()
     proc = _spawn(settings, log)
@@ -159,3 +165,5 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     report = verify(settings)
     assert report.ok, report.problems[:5]
     assert kills == 5
+    # the kills landed while rows were being written, not only before the first commit
+    assert len({p for p in progress if 0 < p < total}) >= 2, progress
