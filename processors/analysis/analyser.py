@@ -27,7 +27,7 @@ E = TypeVar("E", bound=exp.Expr)
 # kinds whose tables are qualified and whose queries are traced
 _TRACED = frozenset({"select", "insert", "update", "delete", "merge", "ddl", "unload", "grant", "describe"})
 _PREDICATE_ARGS = ("where", "having", "qualify", "group", "order")
-_PREDICATE_CONTEXT = (exp.Where, exp.Having, exp.Qualify, exp.Join, exp.Order, exp.Group)
+_PREDICATE_CONTEXT = (exp.Where, exp.Having, exp.Qualify, exp.Order, exp.Group)
 
 
 @dataclass
@@ -206,6 +206,12 @@ def _collect_tables(ctx: Context) -> None:
         if isinstance(node.this, exp.Table) and not is_location(node.this):
             ctx.tables_read.add(lineage.table_name(node.this))
         return
+    for udtf in ctx.nodes(exp.TableFromRows):
+        if not isinstance(udtf.this, (exp.Explode, exp.Generator)):
+            # TABLE(RESULT_SCAN(...)), TABLE(my_udtf(...)): rows the catalog knows nothing about
+            name = udtf.this.sql("snowflake")
+            lineage.unresolved_tables.add(name)
+            ctx.tables_read.add(name)
     scans = not (isinstance(node, exp.Create) and str(node.args.get("kind") or "").upper() == "VIEW")
     ctes = _cte_names(ctx)
     for t in _read_candidates(ctx, node):
@@ -293,8 +299,7 @@ def _predicates(ctx: Context) -> None:
                 parts.append(join.args.get("on"))
                 parts.extend(join.args.get("using") or [])
             _add(ctx.predicates, lineage.columns_in(scope, parts))
-            anc = expr.parent.find_ancestor(exp.Select, *_PREDICATE_CONTEXT) if expr.parent else None
-            if anc is not None and not isinstance(anc, exp.Select):
+            if _in_predicate(expr):
                 # a subquery inside WHERE/JOIN/...: what it selects is compared, not returned
                 for i in range(len(expr.selects)):
                     _add(ctx.predicates, lineage.position_sources(scope, i))
@@ -319,6 +324,18 @@ def _predicates(ctx: Context) -> None:
         for when in node.find_all(exp.When):
             parts.append(when.args.get("condition"))
         _add(ctx.predicates, lineage.columns_in(None, parts, sources=sources))
+
+
+def _in_predicate(node: exp.Expr) -> bool:
+    """Is this subquery compared rather than returned (inside WHERE, JOIN ON, HAVING, ...)?"""
+    child, parent = node, node.parent
+    while parent is not None and not isinstance(parent, exp.Select):
+        if isinstance(parent, _PREDICATE_CONTEXT):
+            return True
+        if isinstance(parent, exp.Join) and child.arg_key == "on":
+            return True
+        child, parent = parent, parent.parent
+    return False
 
 
 def _add(into: Sources, more: Sources) -> None:

@@ -112,16 +112,45 @@ class Lineage:
 
     def _column_sources(self, scope: Scope | None, col: exp.Column, sources: Mapping | None) -> Sources:
         name = col.name
-        if isinstance(col.this, exp.Star):
-            return {}
         alias = col.table
+        if isinstance(col.this, exp.Star):  # t.* inside an expression, e.g. OBJECT_CONSTRUCT(t.*)
+            return self.all_columns(scope, alias or None, sources)
         if not alias:
             return self._unqualified(scope, col, sources)
         src = sources.get(alias) if sources is not None else self._lookup(scope, alias)
         if src is None:
+            # e.g. a PIVOT output: never treat what cannot be traced as clean
             self.unresolved_columns.add(f"{alias}.{name}")
-            return {}
+            return {OPAQUE: False}
         return self._from_source(src, name)
+
+    def all_columns(self, scope: Scope | None, alias: str | None, sources: Mapping | None = None) -> Sources:
+        """Every column a ``*`` (or ``alias.*``) inside an expression reads."""
+        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        if alias is not None:
+            picked = cands.get(alias)
+            if picked is None and sources is None:
+                picked = self._lookup(scope, alias)
+            cands = {alias: picked} if picked is not None else {}
+        out: Sources = {}
+        if not cands:
+            return {OPAQUE: False}
+        for src in cands.values():
+            if isinstance(src, exp.Table):
+                fq = table_fq(src)
+                info = self.catalog.table(fq) if fq else None
+                if info is None:
+                    self.table_name(src)
+                    out[OPAQUE] = False
+                    continue
+                for c in info.columns:
+                    _merge(out, {f"{fq}.{c.name}": False})
+            elif isinstance(src, Scope) and isinstance(src.expression, _SUBQUERY):
+                for i in range(len(src.expression.named_selects)):
+                    _merge(out, self.position_sources(src, i), passthrough=False)
+            else:
+                out[OPAQUE] = False
+        return out
 
     def _unqualified(self, scope: Scope | None, col: exp.Column, sources: Mapping | None) -> Sources:
         """qualify left it unqualified: unknown column, or ambiguous. Map it to every candidate."""
@@ -146,6 +175,8 @@ class Lineage:
                     _merge(out, self._from_source(src, col.name))
         if hits != 1 or len(out) != 1:
             self.unresolved_columns.add(col.name)
+        if not out:
+            out[OPAQUE] = False  # no candidate source at all: unknowable, not clean
         return out
 
     def _from_source(self, src: exp.Table | Scope, name: str) -> Sources:
@@ -176,7 +207,7 @@ class Lineage:
                 index = expr.named_selects.index(name)
             except ValueError:
                 self.unresolved_columns.add(name)
-                return {}
+                return {OPAQUE: False}
             return self.position_sources(scope, index)
         if not isinstance(expr, exp.Select):
             return {}
@@ -184,7 +215,7 @@ class Lineage:
             if proj.alias_or_name == name:
                 return self.expr_sources(scope, proj)
         self.unresolved_columns.add(name)
-        return {}
+        return {OPAQUE: False}
 
     def position_sources(self, scope: Scope, index: int) -> Sources:
         """Sources of the ``index``-th output of a select or set operation scope."""
@@ -211,6 +242,8 @@ class Lineage:
                 _merge(out, self.column_sources(scope, node, sources), passthrough=False)
             elif isinstance(node, exp.DynamicIdentifier):
                 _merge(out, self._dynamic(scope, node, sources), passthrough=False)
+            elif isinstance(node, exp.Star) and node is not expr:
+                _merge(out, self.all_columns(scope, None, sources), passthrough=False)
             elif isinstance(node, _SUBQUERY):
                 sub = self.scope_for(node)
                 if sub is not None:

@@ -1,6 +1,7 @@
 """select_star_sensitive: a ``*`` that expands to a classified column.
 
-Example: ``select * from customers`` (EMAIL classified pii.email) -> ``select_star_sensitive``.
+Example: ``select * from customers`` (EMAIL classified pii.email) -> ``select_star_sensitive``;
+so is ``select object_construct(*) from customers``.
 """
 
 from __future__ import annotations
@@ -18,18 +19,27 @@ if TYPE_CHECKING:
 __all__ = ["select_star_sensitive"]
 
 
+def _star_inside(proj: exp.Expr) -> bool:
+    """``OBJECT_CONSTRUCT(*)``, ``HASH(t.*)``: a star read by a function (COUNT(*) reads no value)."""
+    for star in proj.find_all(exp.Star):
+        if not isinstance(star.find_ancestor(exp.Count, exp.Select), exp.Count):
+            return True
+    return False
+
+
 def select_star_sensitive(ctx: Context) -> Iterator[Finding]:
     lineage, node = ctx.lineage, ctx.node
-    if lineage is None or node is None or not ctx.star_selects:
+    if lineage is None or node is None:
         return
     hits: set[str] = set()
     for sel in ctx.nodes(exp.Select):
         explicit = ctx.star_selects.get(id(sel))
         scope = lineage.scope_for(sel)
-        if explicit is None or scope is None:
+        if scope is None:
             continue
         for proj in sel.selects:
-            if proj.alias_or_name.upper() in explicit:
+            from_star = explicit is not None and proj.alias_or_name.upper() not in explicit
+            if not from_star and not _star_inside(proj):
                 continue
             for fq in lineage.expr_sources(scope, proj):
                 cls_ = ctx.classification(fq)
