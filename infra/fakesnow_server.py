@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.kafka import BrokerDiedError, ensure_port_free, stop_process, tail
+from infra.kafka import BrokerDiedError, die_with_parent, ensure_port_free, stop_process, tail
 
 __all__ = ["NOP_REGEXES", "FakesnowServer", "connect_kwargs", "main"]
 
@@ -61,8 +61,9 @@ def connect_kwargs(port: int, host: str = "127.0.0.1", **extra: Any) -> dict[str
 class FakesnowServer:
     """``python -m infra.fakesnow_server`` on 127.0.0.1:``port``, databases under ``home/fakesnow``."""
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, owned_by_caller: bool = False) -> None:
         self.home = Path(home)
+        self.owned_by_caller = owned_by_caller  # True: the server dies with this process
         self.port = port
         self.dir = self.home / "fakesnow"
         self.db_path = self.dir / "db"
@@ -89,7 +90,12 @@ class FakesnowServer:
         ]  # fmt: skip
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent if self.owned_by_caller else None,
             )
         log.info("fakesnow starting on %s (pid %d, log %s)", self.url, self._proc.pid, self.log_path)
         try:

@@ -35,6 +35,7 @@ __all__ = [
     "KafkaInfraError",
     "PortInUseError",
     "ToolMissingError",
+    "die_with_parent",
     "ensure_port_free",
     "find_java",
     "resolve_kafka_jars",
@@ -63,6 +64,18 @@ class PortInUseError(KafkaInfraError):
 
 class BrokerDiedError(KafkaInfraError):
     """The broker process exited or never answered; the message holds its log tail."""
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies (Linux).
+
+    For services owned by a test session: even a SIGKILLed pytest leaves no broker behind.
+    `querytrail up` does not use it (its services outlive the command by design).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -243,6 +256,7 @@ class KafkaBroker:
         java_home: Path | None = None,
         jar_cache: Path | None = None,
         partitions: int = 3,
+        owned_by_caller: bool = False,
     ) -> None:
         self.home = Path(home)
         self.port = port
@@ -252,6 +266,7 @@ class KafkaBroker:
         self.java_home = java_home
         self.jar_cache = Path(jar_cache) if jar_cache else self.home / "cache"
         self.partitions = partitions
+        self.owned_by_caller = owned_by_caller  # True: the broker dies with this process
         self.dir = self.home / "kafka"
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "broker.log"
@@ -331,6 +346,7 @@ class KafkaBroker:
                 self._java(java, lib, "kafka.Kafka", str(config), jvm=jvm),
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # our own process group: stop() kills the whole tree
+                preexec_fn=die_with_parent if self.owned_by_caller else None,
             )  # fmt: skip
         log.info(
             "Kafka %s starting on %s (pid %d, log %s)",

@@ -75,6 +75,7 @@ def kafka_bootstrap(qt_session_home: Path) -> Iterator[str]:
             free_port(),
             jar_cache=jar_cache(),
             heap="-Xms128m -Xmx768m",
+            owned_by_caller=True,
         )
         try:
             broker.start(timeout=120)
@@ -97,7 +98,7 @@ def fakesnow_server(qt_session_home: Path) -> Iterator[Any]:
     from infra.seed import seed
 
     for attempt in range(3):
-        server = FakesnowServer(qt_session_home / f"fakesnow{attempt}", free_port())
+        server = FakesnowServer(qt_session_home / f"fakesnow{attempt}", free_port(), owned_by_caller=True)
         try:
             server.start(timeout=60)
             break

@@ -30,7 +30,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(
-        tmp_path / "home", free_port(), free_port(), jar_cache=jar_cache(), heap="-Xms128m -Xmx512m"
+        tmp_path / "home",
+        free_port(),
+        free_port(),
+        jar_cache=jar_cache(),
+        heap="-Xms128m -Xmx512m",
+        owned_by_caller=True,
     )
     broker.start(timeout=120)
     try:
@@ -121,3 +126,34 @@ def test_missing_maven_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissingError, match="mvn"):
         infra.kafka.resolve_kafka_jars("4.4.0", tmp_path / "empty-cache")
+
+
+def test_services_owned_by_a_killed_session_die_with_it(tmp_path: Path) -> None:
+    """A SIGKILLed test session (no teardown runs) still leaves no server behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from infra.stack import pid_alive, process_start_time
+
+    script = (
+        "import sys, time; from pathlib import Path; from infra.fakesnow_server import FakesnowServer;"
+        f"s = FakesnowServer(Path({str(tmp_path)!r}), {free_port()}, owned_by_caller=True); s.start(60);"
+        "print(s.pid, flush=True); time.sleep(300)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        start = process_start_time(child)
+        assert pid_alive(child, start)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while pid_alive(child, start) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(child, start)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
