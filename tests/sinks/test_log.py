@@ -130,3 +130,18 @@ def test_snapshot_summary_holds_offsets_and_signed_heads(log_settings) -> None: 
     total = len(scenario()) + 1
     assert sum(state.offsets.values()) == total
     assert set(state.heads) == {"qt.log:0", "qt.log:1"}
+
+
+def test_payload_json_is_to_json_dict_without_the_sealed_token() -> None:
+    import json
+
+    from schemas.codec import to_json_dict
+    from sinks.schema import payload_json
+
+    for event in scenario():
+        want = to_json_dict(event)
+        got = json.loads(payload_json(event))
+        if want.get("credential", {}).get("sealed_token"):
+            assert got["credential"]["sealed_token"].startswith("<sealed ")
+            got["credential"]["sealed_token"] = want["credential"]["sealed_token"]
+        assert got == want
