@@ -395,7 +395,13 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     catalog = threading.Thread(target=_catalog_loop, args=(settings, publisher, stop), daemon=True)
     catalog.start()
     topic = topic_names(settings.kafka.topic_prefix)["executions"]
-    consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.executor")
+    # A short session: after a crash the restarted executor gets its partitions (and the
+    # redelivered authorisations, which the ledger then refuses to rerun) within seconds.
+    consumer = make_consumer(
+        settings.kafka,
+        group_id=f"{settings.kafka.topic_prefix}.executor",
+        **{"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000},
+    )
     consumer.subscribe([topic])
     log.info("executor consuming %s", topic)
     try:

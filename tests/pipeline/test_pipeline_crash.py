@@ -1,0 +1,67 @@
+"""The executor is SIGKILLed after ExecutionStarted and before completion: the request ends as
+``outcome_unknown`` and the statement ran exactly once (it is never rerun after the restart).
+
+Fault injection, honestly: ``QUERYTRAIL_FAULT_EXECUTOR_SLEEP_AFTER_RUN_S`` makes the executor
+sleep after the statement ran and before its finish is recorded, so the kill lands in exactly
+that window. The kill itself is a real SIGKILL of the real process.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+from pipeline_events import events, scalar
+from pipeline_harness import Pipeline
+
+from processors.executor import FAULT_SLEEP_ENV
+from schemas.events import ExecutionStarted
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.reliability]
+
+
+def test_sigkill_after_started_reports_outcome_unknown_and_never_reruns(fresh_pipeline: Pipeline) -> None:
+    from ingress.client import QueryClient
+    from schemas.events import ClientContext, Target
+
+    p = fresh_pipeline
+    p.start("worker")
+    p.start("executor", **{FAULT_SLEEP_ENV: "120"})
+    p.wait_log("worker", "Worker]: Ready")
+    p.wait_log("executor", "executor consuming")
+
+    marker = f"crash-{uuid.uuid4().hex[:8]}"
+    rid = f"req-{uuid.uuid4()}"
+    sub = QueryClient(p.settings).submit(
+        token=p.token("writer", ("scratch-writer",)),
+        request_id=rid,
+        prompt="record an event",
+        sql=f"INSERT INTO ANALYTICS.PUBLIC.SCRATCH_EVENTS (ID, EVENT) VALUES (7, '{marker}')",
+        model="test-model",
+        target=Target(profile="analytics"),
+        context=ClientContext(),
+    )
+    try:
+        p.wait_log("executor", "fault injection", timeout=60)
+        started = [e for e in events(p, "executions", rid) if isinstance(e, ExecutionStarted)]
+        assert len(started) == 1 and started[0].query_tag == rid
+        p.kill("executor", signal.SIGKILL)
+
+        count = f"SELECT COUNT(*) FROM ANALYTICS.PUBLIC.SCRATCH_EVENTS WHERE EVENT = '{marker}'"
+        assert scalar(p, count) == 1  # it ran before the kill
+
+        mark = p.log("executor").stat().st_size
+        p.start("executor")  # no fault this time; the authorisation is redelivered
+        p.wait_log("executor", "executor consuming", after=mark)
+        outcome = sub.wait(60)
+        assert outcome.status == "failed", outcome.to_json()
+        assert outcome.failed["outcome"] == "outcome_unknown"
+        p.wait_log("executor", "not running again", after=mark, timeout=60)
+        time.sleep(2)
+        assert scalar(p, count) == 1  # never rerun
+        started = [e for e in events(p, "executions", rid) if isinstance(e, ExecutionStarted)]
+        assert len(started) == 1
+    finally:
+        sub.close()
