@@ -236,12 +236,16 @@ class Lineage:
             core = core.this
         if isinstance(core, exp.Column):
             return dict(self.column_sources(scope, core, sources))
+        if isinstance(core, exp.Parameter):
+            return self._positional(scope, core, sources)
         out: Sources = {}
         for node in self._walk(expr):
             if isinstance(node, exp.Column):
                 _merge(out, self.column_sources(scope, node, sources), passthrough=False)
             elif isinstance(node, exp.DynamicIdentifier):
                 _merge(out, self._dynamic(scope, node, sources), passthrough=False)
+            elif isinstance(node, exp.Parameter):
+                _merge(out, self._positional(scope, node, sources), passthrough=False)
             elif isinstance(node, exp.Star) and node is not expr:
                 _merge(out, self.all_columns(scope, None, sources), passthrough=False)
             elif isinstance(node, _SUBQUERY):
@@ -261,6 +265,26 @@ class Lineage:
                 name = ""
             if name and "." not in name:
                 return self._unqualified(scope, exp.column(exp.to_identifier(name)), sources)
+        self.unresolved_columns.add(node.sql("snowflake"))
+        return {OPAQUE: False}
+
+    def _positional(self, scope: Scope | None, node: exp.Parameter, sources: Mapping | None) -> Sources:
+        """``$3`` is the third column of the only source; ``$var`` is a session variable (opaque)."""
+        arg = node.this
+        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        if not (isinstance(arg, exp.Literal) and not arg.is_string and arg.this.isdigit()) or len(cands) != 1:
+            self.unresolved_columns.add(node.sql("snowflake"))
+            return {OPAQUE: False}
+        index = int(arg.this) - 1
+        src = next(iter(cands.values()))
+        if isinstance(src, exp.Table):
+            fq = table_fq(src)
+            info = self.catalog.table(fq) if fq else None
+            if info is not None and 0 <= index < len(info.columns):
+                return {f"{fq}.{info.columns[index].name}": True}
+        elif isinstance(src, Scope) and isinstance(src.expression, _SUBQUERY):
+            if 0 <= index < len(src.expression.named_selects):
+                return dict(self.position_sources(src, index))
         self.unresolved_columns.add(node.sql("snowflake"))
         return {OPAQUE: False}
 
@@ -290,6 +314,9 @@ class Lineage:
                 if isinstance(node, exp.Column):
                     if not node.meta.get("qt_alias_ref"):  # alias refs were resolved by the caller
                         _merge(out, self.column_sources(scope, node, sources), passthrough=False)
+                    continue
+                if isinstance(node, exp.Parameter):
+                    _merge(out, self._positional(scope, node, sources), passthrough=False)
                     continue
                 if isinstance(node, _SUBQUERY):
                     continue
