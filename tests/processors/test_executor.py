@@ -1,0 +1,171 @@
+"""The executor against the real fakesnow endpoint: caps, detectors, errors, unreachable, ledger.
+
+Kafka is replaced by a list here (``Collect``) because these tests are about what the executor
+decides and runs; the pipeline tests cover the same code over the real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from processors.authz import Signer, Verifier, make_authorization
+from processors.executor import Executor, paginate, recovery_event, result_sha256, run_statement
+from processors.ledger import Ledger
+from querytrail.settings import Settings, SnowflakeProfile
+from schemas.events import (
+    ExecutionAuthorized,
+    ExecutionStarted,
+    MaskedColumn,
+    QueryCompleted,
+    QueryFailed,
+    QueryRejected,
+    ResultPage,
+    Target,
+    utcnow,
+)
+
+SIGNER = Signer(Ed25519PrivateKey.generate())
+
+
+def auth(
+    sql: str, max_rows: int = 100, masked: tuple[MaskedColumn, ...] = (), rid: str = "r1"
+) -> ExecutionAuthorized:
+    return make_authorization(
+        SIGNER,
+        request_id=rid,
+        session_id=None,
+        statement=sql,
+        masked_columns=masked,
+        target=Target(profile="analytics"),
+        max_rows=max_rows,
+        timeout_s=10,
+        requester=None,
+        now=utcnow(),
+        ttl_s=60,
+    )
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def publish(self, events: list[Any]) -> None:
+        self.events.extend(events)
+
+
+def test_paginate_bounds_rows_and_bytes() -> None:
+    rows = [[i, "x" * 50] for i in range(10)]
+    pages = paginate(rows, max_rows=4, max_bytes=10_000)
+    assert [offset for offset, _ in pages] == [0, 4, 8]
+    assert sum(len(json.loads(body)) for _, body in pages) == 10
+    small = paginate(rows, max_rows=100, max_bytes=130)
+    assert all(len(body) <= 130 for _, body in small) and len(small) == 5
+    assert paginate([], 10, 100) == [(0, "[]")]
+
+
+def test_result_hash_covers_columns_and_rows() -> None:
+    base = result_sha256(["A"], [[1], [2]])
+    assert base != result_sha256(["B"], [[1], [2]]) and base != result_sha256(["A"], [[2], [1]])
+
+
+@pytest.mark.integration
+def test_row_cap_detectors_and_metadata(qt_settings: Callable[..., Settings]) -> None:
+    from infra.seed import SEEDED_PII
+
+    settings = qt_settings()
+    profile = settings.snowflake_profiles["analytics"]
+    # Deliberately unmasked SQL: the detectors are the second line that must catch it.
+    out = run_statement(
+        auth("SELECT ID, EMAIL, SSN FROM ANALYTICS.PUBLIC.CUSTOMERS ORDER BY ID", 5), profile, settings
+    )
+    assert out.outcome == "completed"
+    done = out.events[-1]
+    assert isinstance(done, QueryCompleted)
+    assert (done.row_count, done.truncated, done.pages) == (5, True, 1)
+    assert [c.name for c in done.columns] == ["ID", "EMAIL", "SSN"]
+    assert done.snowflake_query_id and done.elapsed_ms >= 0
+    hits = {(h.column, h.detector): h.count for h in done.detector_hits}
+    assert hits[("EMAIL", "email")] == 5 and hits[("SSN", "ssn")] == 5
+    page = out.events[0]
+    assert isinstance(page, ResultPage) and page.last
+    assert not [v for v in SEEDED_PII if v in page.rows_json]
+    assert done.result_sha256 == result_sha256(["ID", "EMAIL", "SSN"], json.loads(page.rows_json))
+
+
+@pytest.mark.integration
+def test_snowflake_error_is_reported_with_code_and_sqlstate(qt_settings: Callable[..., Settings]) -> None:
+    settings = qt_settings()
+    out = run_statement(
+        auth("SELECT * FROM ANALYTICS.PUBLIC.NOPE"), settings.snowflake_profiles["analytics"], settings
+    )
+    failed = out.events[0]
+    assert isinstance(failed, QueryFailed) and failed.outcome == "failed"
+    assert failed.error_code == "2003" and failed.sqlstate == "42S02" and "NOPE" in failed.message
+
+
+def test_unreachable_snowflake_fails_fast_instead_of_hanging(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    profile = SnowflakeProfile(
+        account="fakesnow", user="u", password="p", host="127.0.0.1", port=port, protocol="http",
+        login_timeout_s=3, network_timeout_s=3,
+    )  # fmt: skip
+    settings = Settings(home=tmp_path)
+    started = time.monotonic()
+    out = run_statement(auth("SELECT 1"), profile, settings)
+    assert out.outcome == "unreachable" and isinstance(out.events[0], QueryFailed)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.integration
+def test_handle_runs_once_and_refuses_forgeries(qt_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = qt_settings()
+    ledger = Ledger(tmp_path / "ledger.db")
+    sink = Collect()
+    executor = Executor(settings, Verifier([SIGNER.private_key.public_key()]), ledger, sink)
+    good = auth("SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 1", rid="h1")
+    assert executor.handle(good) == "completed"
+    assert [type(e) for e in sink.events] == [ExecutionStarted, ResultPage, QueryCompleted]
+    assert sink.events[0].query_tag == "h1"
+    assert executor.handle(good) == "duplicate"
+    forged = make_authorization(
+        Signer(Ed25519PrivateKey.generate()),
+        request_id="h2", session_id=None, statement="SELECT 1", masked_columns=(),
+        target=Target(profile="analytics"), max_rows=1, timeout_s=1, requester=None, now=utcnow(), ttl_s=60,
+    )  # fmt: skip
+    assert executor.handle(forged) == "refused"
+    assert executor.handle(forged) == "refused"  # redelivered refusal is not published twice
+    rejected = [e for e in sink.events if isinstance(e, QueryRejected)]
+    assert [(r.stage, r.reason_code) for r in rejected] == [("authorization", "unknown_key")]
+    assert ledger.unreported() == []
+
+
+def test_recovery_never_reruns(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    for rid, state in (("a", "recorded"), ("b", "started"), ("c", "finished")):
+        assert ledger.record(
+            request_id=rid, nonce=rid, authorization_event_id=rid, session_id=None, statement_sha256="x"
+        )
+        if state in ("started", "finished"):
+            ledger.mark_started(rid)
+        if state == "finished":
+            ledger.mark_finished(rid, "completed")
+    ledger.close()
+    reopened = Ledger(tmp_path / "ledger.db")  # as after a crash
+    outcomes = {row.request_id: recovery_event(row).outcome for row in reopened.unreported()}
+    assert outcomes == {"a": "failed", "b": "outcome_unknown", "c": "outcome_unknown"}
+    assert not reopened.record(
+        request_id="b", nonce="new", authorization_event_id="z", session_id=None, statement_sha256="x"
+    )
+    assert not reopened.record(
+        request_id="new", nonce="b", authorization_event_id="z", session_id=None, statement_sha256="x"
+    )
