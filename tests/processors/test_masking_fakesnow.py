@@ -49,6 +49,11 @@ STATEMENTS = [
     "select c.email from customers c where c.id in (select customer_id from orders where amount > 10)",
     "select coalesce(phone, 'n/a') p, 'x@' || email as prefixed from customers",
     "select id, email, row_number() over (partition by country order by id) rn from customers",
+    # OBJECT_CONSTRUCT(*) itself is masked (fixture tests) but DuckDB behind fakesnow rejects
+    # `*COLUMNS() IS NULL`; the same redact path is exercised here with explicit arguments
+    "select object_construct('e', email, 's', ssn) o from customers",
+    "select * ilike '%mail%' from customers",
+    "select * replace (upper(email) as email) from customers",
 ]
 
 SHAPES = {
