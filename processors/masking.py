@@ -5,6 +5,10 @@ outermost SELECT (every branch of a set operation), over the final output expres
 keeps its output name. Because the analyser traced lineage through CTEs, subqueries, unions
 and ``*``, laundering a column through them does not escape the mask.
 
+UNION ALL is masked inside each branch; UNION (distinct), INTERSECT and EXCEPT compare rows,
+so they run on raw values inside a derived table and the masks wrap it from outside
+(``SELECT mask(_QT.c) AS c FROM (<set operation>) AS _QT``), keeping the row set unchanged.
+
 The rewrite starts from the analyser's qualified tree: alias references and positional
 ``GROUP BY 1`` are already expanded there, so grouping and filtering keep working on the raw
 values inside Snowflake while only the returned value is masked.
@@ -155,13 +159,72 @@ def plan_masking(
     if not any(plans):
         return analysis.sql, ()
     tree = analysis.parsed.copy()
+    top = tree
+    while isinstance(top, exp.Subquery):
+        top = top.this
+    if isinstance(top, exp.SetOperation) and _compares_values(top):
+        tree = _mask_outside(top, analysis.output_columns, plans)
+    else:
+        _mask_branches(tree, analysis.output_columns, plans)
+    quote_identifiers(tree, dialect="snowflake", identify=False)
+    # the tree is our own copy: let the generator skip its defensive deep copy
+    return _SNOWFLAKE.generate(tree, copy=False), tuple(p for p in plans if p is not None)
+
+
+def _compares_values(node: exp.Expr) -> bool:
+    """UNION (distinct), INTERSECT, EXCEPT compare rows: they must see raw values, not masks."""
+    while isinstance(node, exp.Subquery):
+        node = node.this
+    if not isinstance(node, exp.SetOperation):
+        return False
+    if not isinstance(node, exp.Union) or node.args.get("distinct"):
+        return True
+    return _compares_values(node.this) or _compares_values(node.expression)
+
+
+def _mask_outside(
+    top: exp.SetOperation, outputs: tuple[OutputColumn, ...], plans: list[MaskedColumnPlan | None]
+) -> exp.Expr:
+    """``SELECT mask(_QT.c) AS c, ... FROM (<set operation>) AS _QT`` keeping ORDER BY/LIMIT outside."""
+    first = _branches(top)[0]
+    if len(first.expressions) != len(outputs):
+        raise MaskingError("set operation branches disagree on the number of columns")
+    renames: dict[str, str] = {}
+    for proj, out in zip(first.expressions, outputs, strict=True):
+        if proj.alias_or_name != out.name or not isinstance(proj, exp.Alias):
+            renames[proj.alias_or_name] = out.name
+            inner = proj.this if isinstance(proj, exp.Alias) else proj
+            proj.replace(exp.alias_(inner, _identifier(out.name), copy=False))
+    _rename_refs(top, renames)
+    projections = []
+    for out, plan in zip(outputs, plans, strict=True):
+        ref: exp.Expr = exp.column(_identifier(out.name), table=exp.to_identifier("_QT"))
+        if plan is not None:
+            ref = mask_expression(plan.mask, ref, out.type)
+        projections.append(exp.alias_(ref, _identifier(out.name), copy=False))
+    outer = exp.Select(expressions=projections)
+    for arg in ("with_", "order", "limit", "offset"):
+        value = top.args.get(arg)
+        if value is not None:
+            top.set(arg, None)
+            outer.set(arg, value)
+    outer.set(
+        "from_", exp.From(this=exp.Subquery(this=top, alias=exp.TableAlias(this=exp.to_identifier("_QT"))))
+    )
+    return outer
+
+
+def _mask_branches(
+    tree: exp.Expr, outputs: tuple[OutputColumn, ...], plans: list[MaskedColumnPlan | None]
+) -> None:
+    """Wrap each masked output in every branch of the outermost SELECT (UNION ALL is row-wise)."""
     branches = _branches(tree)
-    n = len(analysis.output_columns)
+    n = len(outputs)
     for i, sel in enumerate(branches):
         if len(sel.expressions) != n:
             raise MaskingError("set operation branches disagree on the number of columns")
         renames: dict[str, str] = {}
-        for pos, (out, plan) in enumerate(zip(analysis.output_columns, plans, strict=True)):
+        for pos, (out, plan) in enumerate(zip(outputs, plans, strict=True)):
             proj = sel.expressions[pos]
             inner = proj.this if isinstance(proj, exp.Alias) else proj
             old = proj.alias_or_name
@@ -177,6 +240,3 @@ def plan_masking(
             top = tree.this if isinstance(tree, exp.Subquery) else tree
             if top is not sel:
                 _rename_refs(top, renames)
-    quote_identifiers(tree, dialect="snowflake", identify=False)
-    # the tree is our own copy: let the generator skip its defensive deep copy
-    return _SNOWFLAKE.generate(tree, copy=False), tuple(p for p in plans if p is not None)
