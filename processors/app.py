@@ -96,6 +96,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=1,
+        # a restarted worker gets its partitions (and table state) back within seconds
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     requests_topic = app.topic(names["requests"], key_type=bytes, value_type=bytes)
     verdicts_topic = app.topic(names["approvals"], key_type=bytes, value_type=bytes)

@@ -65,3 +65,42 @@ def test_sigkill_after_started_reports_outcome_unknown_and_never_reruns(fresh_pi
         assert len(started) == 1
     finally:
         sub.close()
+
+
+def test_worker_sigkill_keeps_pending_approval_and_decides_each_request_once(
+    fresh_pipeline: Pipeline,
+) -> None:
+    """Approval state lives in a faust Table: after a SIGKILL the restarted worker recovers it
+    from the changelog, so an approval given afterwards still releases the statement, and the
+    request itself (possibly redelivered) is not decided a second time."""
+    from ingress.client import QueryClient
+    from schemas.events import ApprovalRequested, ClientContext, PolicyDecided, Target
+
+    p = fresh_pipeline
+    p.start_all()
+    rid = f"req-{uuid.uuid4()}"
+    sub = QueryClient(p.settings).submit(
+        token=p.token("ci-bot", ("ci",)),
+        request_id=rid,
+        prompt="who are the account admins?",
+        sql="SELECT USERNAME, ROLE FROM SECURITY.ADMIN.USERS WHERE ROLE = 'ACCOUNTADMIN'",
+        model="test-model",
+        target=Target(profile="analytics"),
+        context=ClientContext(),
+    )
+    try:
+        assert sub.wait(10).status == "awaiting_approval"
+        mark = p.log("worker").stat().st_size
+        p.kill("worker", signal.SIGKILL)
+        p.start("worker")
+        p.wait_log("worker", "Worker]: Ready", after=mark)
+        done = p.cli(
+            "approve", rid, "--token", p.token("alice", ("data-security",)), "--wait", "60", timeout=90
+        )
+        assert done.returncode == 0 and "accepted" in done.stdout, done.stdout + done.stderr
+        outcome = sub.wait(60)
+        assert outcome.status == "completed", outcome.to_json()
+    finally:
+        sub.close()
+    decided = [e for e in events(p, "decisions", rid) if isinstance(e, PolicyDecided | ApprovalRequested)]
+    assert [type(e) for e in decided] == [PolicyDecided, ApprovalRequested]
