@@ -345,7 +345,15 @@ def _add(into: Sources, more: Sources) -> None:
 
 
 def _analyse_one(ctx: Context, database: str | None, schema: str | None) -> None:
-    if ctx.node is None or ctx.kind not in _TRACED:
+    if ctx.node is None:
+        return
+    if ctx.kind == "set":
+        # SET v = (SELECT ...) reads tables too: trace its query like a SELECT
+        sub = ctx.node.find(exp.Subquery)
+        if sub is None:
+            return
+        ctx.node = sub.this
+    elif ctx.kind not in _TRACED:
         return
     names = _output_names(ctx.node) if ctx.kind == "select" else []
     try:
