@@ -189,6 +189,10 @@ class Lineage:
                 return {f"{fq}.{name}": True, OPAQUE: False}
             return {f"{fq}.{name}": True}
         expr = src.expression
+        if isinstance(expr, exp.Lateral) and isinstance(expr.this, exp.Subquery):
+            sub = self.scope_for(expr.this.this)  # LATERAL (SELECT c.email AS e) x: x.e is c.email
+            if sub is not None:
+                return self.projection_sources(sub, name)
         if isinstance(expr, exp.UDTF):
             # LATERAL FLATTEN(input => c.tags) AS f: f.VALUE etc. are pieces of c.tags
             if name in _FLATTEN_NO_VALUE:
