@@ -189,6 +189,9 @@ class Lineage:
                 return {f"{fq}.{name}": True, OPAQUE: False}
             return {f"{fq}.{name}": True}
         expr = src.expression
+        # a recursive CTE refers to itself through a bare branch of its base case: use the
+        # traversed scope of that same query, which knows its sources
+        src = self.scope_for(expr) or src
         if isinstance(expr, exp.Lateral) and isinstance(expr.this, exp.Subquery):
             sub = self.scope_for(expr.this.this)  # LATERAL (SELECT c.email AS e) x: x.e is c.email
             if sub is not None:
@@ -206,6 +209,10 @@ class Lineage:
     def projection_sources(self, scope: Scope, name: str) -> Sources:
         """Sources of the projection ``name`` of a query scope (set operations by position)."""
         expr = scope.expression
+        outer = [c.upper() if isinstance(c, str) else c for c in scope.outer_columns or []]
+        if name in outer and isinstance(expr, _SUBQUERY):
+            # WITH r (n, e) AS (...): the column list renames the projections by position
+            return self.position_sources(scope, outer.index(name))
         if isinstance(expr, exp.SetOperation):
             try:
                 index = expr.named_selects.index(name)
