@@ -22,7 +22,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from processors.catalog import Catalog, CatalogError, normalise_identifier
 
-__all__ = ["OPAQUE", "Lineage", "Sources", "table_fq"]
+__all__ = ["OPAQUE", "Lineage", "Sources", "partial_name", "table_fq"]
 
 Sources = dict[str, bool]  # fq column -> pass-through?
 OPAQUE = "?"  # a source key meaning "depends on something only known at run time"
@@ -44,7 +44,7 @@ def table_fq(table: exp.Table) -> str | None:
     return f"{cat.name}.{db.name}.{table.name}"
 
 
-def _partial_name(table: exp.Table) -> str:
+def partial_name(table: exp.Table) -> str:
     """A best-effort name for an unresolvable table, ``?`` for unknown parts."""
     if not isinstance(table.this, exp.Identifier):
         return table.this.sql("snowflake")  # IDENTIFIER('x'), @stage
@@ -85,7 +85,7 @@ class Lineage:
         """Resolved name, or a ``?``-padded partial name recorded as unresolved."""
         fq = table_fq(table)
         if fq is None or self.catalog.table(fq) is None:
-            name = fq or _partial_name(table)
+            name = fq or partial_name(table)
             self.unresolved_tables.add(name)
             return name
         return fq
@@ -165,7 +165,7 @@ class Lineage:
                     continue
                 if info is not None:
                     hits += 1
-                _merge(out, {f"{fq or _partial_name(src)}.{col.name}": True})
+                _merge(out, {f"{fq or partial_name(src)}.{col.name}": True})
                 if fq is None:
                     out[OPAQUE] = False
             elif isinstance(src, Scope):

@@ -25,7 +25,7 @@ from processors.analysis.findings.unresolved_table import unresolved_table
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
-    from processors.analysis.analyser import Context
+    from processors.analysis.context import Context
 
 __all__ = ["RULES", "run_rules"]
 

@@ -16,7 +16,7 @@ from processors.analysis.kinds import command_words, is_location
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
-    from processors.analysis.analyser import Context
+    from processors.analysis.context import Context
 
 __all__ = ["data_export"]
 

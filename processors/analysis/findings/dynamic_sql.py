@@ -15,7 +15,7 @@ from processors.analysis.kinds import command_words
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
-    from processors.analysis.analyser import Context
+    from processors.analysis.context import Context
 
 __all__ = ["dynamic_sql"]
 

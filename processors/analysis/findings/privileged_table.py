@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
-    from processors.analysis.analyser import Context
+    from processors.analysis.context import Context
 
 __all__ = ["privileged_table"]
 

@@ -14,7 +14,7 @@ from sqlglot import exp
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
-    from processors.analysis.analyser import Context
+    from processors.analysis.context import Context
 
 __all__ = ["select_star_sensitive"]
 
