@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bootstrap", help="a running Kafka broker: measure the real consume path")
     parser.add_argument("--start-broker", action="store_true", help="start a local broker (infra.kafka)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (iceberg.sink_workers)")
     parser.add_argument("--home", type=Path, help="where to put the tables (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -264,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             result, sink = bench_kafka(settings, encoded)
         else:
             result, sink = bench_writer(settings, encoded, args.batch)
+        sink.close()
         bare = bench_bare(settings, sink.table, args.batch)
     finally:
         if broker is not None:
             broker.stop()
+    result["workers"] = args.workers
     for r in (result, bare):
         print(json.dumps(r))
     print(f"sink / bare throughput: {result['events_per_s'] / bare['events_per_s']:.2f}", file=sys.stderr)

@@ -110,6 +110,7 @@ class IcebergSettings(_Frozen):
     table: str = "audit.events"
     commit_interval_s: float = 1.0
     batch_size: int = 5000
+    sink_workers: int = 0  # processes decoding for the audit sink (0: decode in the sink's thread)
 
 
 class IssuerSettings(_Frozen):
@@ -163,6 +164,7 @@ class ExecutorSettings(_Frozen):
     page_max_bytes: int = 262_144
     catalog_refresh_s: float = 300.0
     authorization_max_age_s: float = 900.0
+    concurrency: int = 8  # statements run in parallel (each request still runs at most once)
 
 
 class WorkerSettings(_Frozen):

@@ -61,7 +61,11 @@ def build_sink(settings: Settings) -> IcebergSink:
         ensure_keypair(private, public)
     codec = EventCodec(settings.kafka.schema_registry_url)
     return IcebergSink(
-        load_or_create_table(settings), load_signer(private), codec.decode, witness_path(settings)
+        load_or_create_table(settings),
+        load_signer(private),
+        codec.decode,
+        witness_path(settings),
+        workers=settings.iceberg.sink_workers,
     )
 
 
@@ -178,6 +182,7 @@ class SinkRunner:
             self._flush()
         finally:
             self.consumer.close()
+            self.sink.close()
 
     def _pause(self, pause: bool) -> None:
         if pause == self.paused or not self.assigned:

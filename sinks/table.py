@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SUMMARY_OFFSETS = "querytrail.offsets"  # {"topic:partition": next offset to consume}
 SUMMARY_HEADS = "querytrail.heads"  # {"topic:partition": {"offset", "hash", "sig"}}
 SUMMARY_KEY_ID = "querytrail.key-id"
+_RETRIES = "commit.retry.num-retries"
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:
@@ -71,7 +72,7 @@ def load_or_create_table(settings: Settings) -> Table:
     ident = settings.iceberg.table
     namespace = ident.rsplit(".", 1)[0]
     try:
-        return catalog.load_table(ident)
+        return _no_library_retry(catalog.load_table(ident))
     except NoSuchTableError:
         pass
     try:
@@ -87,10 +88,20 @@ def load_or_create_table(settings: Settings) -> Table:
                 "write.parquet.compression-codec": "zstd",
                 "querytrail.append-only": "true",
                 "format-version": "2",
+                # pyiceberg would otherwise re-apply a conflicting append on top of another
+                # writer's snapshot; the sink decides itself (it checks its chain heads first)
+                _RETRIES: "0",
             },
         )
     except TableAlreadyExistsError:
-        return catalog.load_table(ident)
+        return _no_library_retry(catalog.load_table(ident))
+
+
+def _no_library_retry(table: Table) -> Table:
+    if table.metadata.properties.get(_RETRIES) != "0":
+        with table.transaction() as tx:
+            tx.set_properties({_RETRIES: "0"})
+    return table
 
 
 def open_table(settings: Settings) -> Table:

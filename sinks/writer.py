@@ -1,8 +1,8 @@
 """Batching per (topic, partition) and the Iceberg writer with the hash chain.
 
-``add()`` decodes and buffers a record, ``flush()`` writes every buffered partition in one
-Iceberg append inside ``try/finally`` (quix's ``sinks/base/sink.py`` shape) and ``write()`` is
-the subclass hook. The append's snapshot summary holds the next offset and the signed chain
+``add()`` buffers a record (decoding happens in chunks, inline or in worker processes),
+``flush()`` writes every buffered partition in one Iceberg append inside ``try/finally``
+(quix's ``sinks/base/sink.py`` shape) and ``write()`` is the subclass hook. The append's snapshot summary holds the next offset and the signed chain
 head of every topic-partition, so the table alone says where to resume.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +29,20 @@ from sinks.chain import GENESIS, Head, Signer, chain_step, tp_key
 from sinks.schema import ARROW_SCHEMA, derive, undecodable_row
 from sinks.table import SinkState, state_of
 
-__all__ = ["BatchingSink", "IcebergSink", "Record", "StaleStateError", "TPBatch"]
+__all__ = [
+    "BODY_SCHEMA",
+    "BatchingSink",
+    "IcebergSink",
+    "Record",
+    "StaleStateError",
+    "TPBatch",
+    "convert",
+    "record_row",
+]
 
 log = logging.getLogger(__name__)
+
+_COMMIT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -46,11 +59,10 @@ class Record:
 
 @dataclass
 class TPBatch:
-    """Buffered rows of one topic-partition, in offset order."""
+    """What is buffered of one topic-partition: the records' digests in offset order."""
 
     topic: str
     partition: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
     avro_sha: list[bytes] = field(default_factory=list)
     last_offset: int = -1
 
@@ -59,11 +71,61 @@ class StaleStateError(Exception):
     """The table's chain heads moved under us (another writer): re-seek from the table."""
 
 
+def record_row(record: Record, decode: Callable[[bytes], Any]) -> dict[str, Any]:
+    """The table row of one record, without the chain columns (undecodable bytes are kept)."""
+    try:
+        row = derive(decode(record.value))
+    except Exception as exc:  # any decoding failure is recorded, never dropped
+        row = undecodable_row(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            timestamp_ms=record.timestamp_ms,
+        )
+    row["topic"], row["partition"], row["offset"] = record.topic, record.partition, record.offset
+    row["avro"] = record.value
+    return row
+
+
+_CHAIN_COLUMNS = ("avro_sha256", "chain_hash", "ingested_at")
+BODY_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name not in _CHAIN_COLUMNS])
+_worker_decode: Callable[[bytes], Any] | None = None
+
+
+def _init_worker(decode: Callable[[bytes], Any]) -> None:
+    global _worker_decode
+    _worker_decode = decode
+
+
+def convert(records: list[Record], decode: Callable[[bytes], Any] | None = None) -> pa.Table:
+    """Rows of a chunk of records as arrow (inline)."""
+    fn = decode or _worker_decode
+    assert fn is not None
+    return pa.Table.from_pylist([record_row(r, fn) for r in records], schema=BODY_SCHEMA)
+
+
+def _convert_in_worker(records: list[tuple[Any, ...]]) -> pa.Table:
+    # plain tuples cross the process boundary several times cheaper than dataclasses
+    return convert([Record(*r) for r in records])
+
+
 class BatchingSink:
-    """Buffers records per (topic, partition); subclasses implement ``write``."""
+    """Buffers records per (topic, partition); ``flush()`` hands them all to ``write()``.
+
+    Rows are converted in chunks as records arrive (inline, or in worker processes when the
+    subclass provides ``submit``), so a flush only waits for the last chunk.
+    """
+
+    chunk_size = 2000
 
     def __init__(self) -> None:
         self._batches: dict[tuple[str, int], TPBatch] = {}
+        self._order: list[tuple[str, int]] = []  # topic-partition of each buffered record, in order
+        self._pending: list[Record] = []
+        self._pieces: list[Any] = []  # arrow tables or futures of them, in arrival order
         self.buffered = 0
 
     def add(self, record: Record) -> None:
@@ -73,49 +135,82 @@ class BatchingSink:
             batch = self._batches[tp] = TPBatch(record.topic, record.partition)
         if record.offset <= max(batch.last_offset, self.committed_offset(record.topic, record.partition)):
             return  # redelivered after a seek or rebalance: already buffered or stored
-        batch.rows.append(self.to_row(record))
         batch.avro_sha.append(hashlib.sha256(record.value).digest())
         batch.last_offset = record.offset
+        self._order.append(tp)
+        self._pending.append(record)
         self.buffered += 1
+        if len(self._pending) >= self.chunk_size:
+            self._cut()
+
+    def _cut(self) -> None:
+        if self._pending:
+            self._pieces.append(self.submit(self._pending))
+            self._pending = []
+
+    def _body(self) -> pa.Table:
+        """Every buffered row, in arrival order (waits for the workers)."""
+        self._cut()
+        tables = [p if isinstance(p, pa.Table) else p.result() for p in self._pieces]
+        self._pieces = [pa.concat_tables(tables)] if tables else []
+        return self._pieces[0] if tables else BODY_SCHEMA.empty_table()
 
     def flush(self) -> bool:
         """Write all buffered partitions at once; True when something was written.
 
         On failure the buffer is kept (the caller retries) and the exception propagates.
         """
-        batches = {tp: b for tp, b in self._batches.items() if b.rows}
-        if not batches:
+        if not self.buffered:
             return False
         ok = False
         try:
-            self.write(batches)
+            self.write(
+                self._body(), {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order)
+            )
             ok = True
         finally:
             if ok:
-                self._batches.clear()
-                self.buffered = 0
+                self._clear()
         return True
+
+    def _clear(self) -> None:
+        self._batches.clear()
+        self._order, self._pending, self._pieces = [], [], []
+        self.buffered = 0
 
     def drop(self, tps: set[tuple[str, int]] | None = None) -> None:
         """Forget buffered rows (revoked partitions, or all): they are re-read from Kafka."""
-        for tp in list(self._batches) if tps is None else tps:
-            batch = self._batches.pop(tp, None)
-            if batch is not None:
-                self.buffered -= len(batch.rows)
+        if tps is None or not (set(self._batches) - tps):
+            self._clear()
+            return
+        body = self._body()
+        keep = [tp not in tps for tp in self._order]
+        self._pieces = [body.filter(pa.array(keep, type=pa.bool_()))]
+        self._order = [tp for tp in self._order if tp not in tps]
+        for tp in tps:
+            self._batches.pop(tp, None)
+        self.buffered = len(self._order)
 
     # hooks
     def committed_offset(self, topic: str, partition: int) -> int:
         return -1
 
-    def to_row(self, record: Record) -> dict[str, Any]:
+    def submit(self, records: list[Record]) -> Any:
+        """Convert a chunk of records to an arrow table (or a future of one)."""
         raise NotImplementedError
 
-    def write(self, batches: dict[tuple[str, int], TPBatch]) -> None:
+    def write(
+        self, body: pa.Table, batches: dict[tuple[str, int], TPBatch], order: list[tuple[str, int]]
+    ) -> None:
         raise NotImplementedError
 
 
 class IcebergSink(BatchingSink):
-    """Appends batches to ``audit.events``, one snapshot per flush, chained and signed."""
+    """Appends batches to ``audit.events``, one snapshot per flush, chained and signed.
+
+    ``workers`` > 0 decodes in that many forked processes (create the sink before any Kafka
+    client, so the fork happens while the process has a single thread).
+    """
 
     def __init__(
         self,
@@ -123,6 +218,7 @@ class IcebergSink(BatchingSink):
         signer: Signer,
         decode: Callable[[bytes], Any],
         witness_path: Path | None = None,
+        workers: int = 0,
     ) -> None:
         super().__init__()
         self.table = table
@@ -132,6 +228,29 @@ class IcebergSink(BatchingSink):
         self.state = state_of(table.current_snapshot()) or SinkState({}, {}, signer.key_id)
         self.files_written = 0
         self.commit_seconds: list[float] = []
+        self._unsure = False
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            self._pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(decode,),
+            )
+            self._pool.submit(int).result()  # start the workers now, before other threads exist
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def submit(self, records: list[Record]) -> Any:
+        if self._pool is None:
+            return convert(records, self.decode)
+        return self._pool.submit(
+            _convert_in_worker,
+            [(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in records],
+        )
 
     def reload(self) -> SinkState:
         """Re-read the state from the table's current snapshot (after assignment or a conflict)."""
@@ -142,58 +261,71 @@ class IcebergSink(BatchingSink):
     def committed_offset(self, topic: str, partition: int) -> int:
         return self.state.offsets.get(tp_key(topic, partition), 0) - 1
 
-    def to_row(self, record: Record) -> dict[str, Any]:
-        try:
-            event = self.decode(record.value)
-            row = derive(event)
-        except Exception as exc:  # any decoding failure is recorded, never dropped
-            row = undecodable_row(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-                error=f"{type(exc).__name__}: {exc}"[:500],
-                timestamp_ms=record.timestamp_ms,
-            )
-        row["topic"], row["partition"], row["offset"] = record.topic, record.partition, record.offset
-        row["avro"] = record.value
-        return row
-
-    def write(self, batches: dict[tuple[str, int], TPBatch]) -> None:
+    def write(
+        self, body: pa.Table, batches: dict[tuple[str, int], TPBatch], order: list[tuple[str, int]]
+    ) -> None:
         started = time.perf_counter()
-        self.table.refresh()
-        base = state_of(self.table.current_snapshot()) or SinkState({}, {}, self.signer.key_id)
+        if self._unsure:  # the last append's outcome is unknown: look before chaining on
+            self.table.refresh()
+            self._unsure = False
         uuid = str(self.table.metadata.table_uuid)
-        offsets, heads = dict(base.offsets), dict(base.heads)
-        now = datetime.now(UTC)
-        rows: list[dict[str, Any]] = []
-        for (topic, partition), batch in batches.items():
-            key = tp_key(topic, partition)
-            ours, theirs = self.state.heads.get(key), base.heads.get(key)
-            if ours != theirs:
-                raise StaleStateError(f"chain head of {key} moved: table has {theirs}, sink had {ours}")
+        new_heads: dict[str, Head] = {}
+        new_offsets: dict[str, int] = {}
+        links: dict[tuple[str, int], Any] = {}
+        for tp, batch in batches.items():
+            key = tp_key(*tp)
+            ours = self.state.heads.get(key)
             prev = bytes.fromhex(ours.hash) if ours else GENESIS
-            for row, sha in zip(batch.rows, batch.avro_sha, strict=True):
+            hashes = []
+            for sha in batch.avro_sha:
                 prev = chain_step(prev, sha)
-                row["avro_sha256"], row["chain_hash"], row["ingested_at"] = sha.hex(), prev.hex(), now
-            rows.extend(batch.rows)
-            heads[key] = self.signer.sign_head(uuid, key, batch.last_offset, prev)
-            offsets[key] = batch.last_offset + 1
-        state = SinkState(offsets=offsets, heads=heads, key_id=self.signer.key_id)
-        data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
-        before = len(self.table.metadata.snapshots)
-        try:
-            self.table.append(data, snapshot_properties=state.to_summary())
-        except CommitFailedException as exc:
-            raise StaleStateError(str(exc)) from exc
+                hashes.append((sha.hex(), prev.hex()))
+            links[tp] = iter(hashes)
+            new_heads[key] = self.signer.sign_head(uuid, key, batch.last_offset, prev)
+            new_offsets[key] = batch.last_offset + 1
+        shas, chains = zip(*(next(links[tp]) for tp in order), strict=True) if order else ((), ())
+        now = datetime.now(UTC)
+        data = (
+            body.append_column(ARROW_SCHEMA.field("avro_sha256"), pa.array(shas, pa.large_string()))
+            .append_column(ARROW_SCHEMA.field("chain_hash"), pa.array(chains, pa.large_string()))
+            .append_column(
+                ARROW_SCHEMA.field("ingested_at"),
+                pa.array([now] * len(order), ARROW_SCHEMA.field("ingested_at").type),
+            )
+            .select(ARROW_SCHEMA.names)
+        )
+        for attempt in range(_COMMIT_ATTEMPTS):
+            # The append asserts the snapshot it builds on is still current (pyiceberg's own
+            # retry is off for this table), so this check and the commit cannot interleave.
+            base = state_of(self.table.current_snapshot()) or SinkState({}, {}, self.signer.key_id)
+            for key in new_heads:
+                if self.state.heads.get(key) != base.heads.get(key):
+                    raise StaleStateError(
+                        f"chain head of {key} moved: table has {base.heads.get(key)}, sink had {self.state.heads.get(key)}"
+                    )
+            state = SinkState(
+                offsets={**base.offsets, **new_offsets},
+                heads={**base.heads, **new_heads},
+                key_id=self.signer.key_id,
+            )
+            try:
+                self.table.append(data, snapshot_properties=state.to_summary())
+                break
+            except CommitFailedException:
+                # someone else committed (compaction): our chains may still be intact, look again
+                log.info("concurrent commit on the audit table; re-checking heads (attempt %d)", attempt + 1)
+                self.table.refresh()
+            except Exception:
+                self._unsure = True
+                raise
+        else:
+            raise StaleStateError(f"{_COMMIT_ATTEMPTS} concurrent commits in a row")
         self.state = state
         snap = self.table.current_snapshot()
         if snap is not None and snap.summary is not None:
             self.files_written += int(snap.summary.additional_properties.get("added-data-files", 0))
-        self._witness(snap.snapshot_id if snap else None, uuid, heads)
+        self._witness(snap.snapshot_id if snap else None, uuid, state.heads)
         self.commit_seconds.append(time.perf_counter() - started)
-        log.debug("appended %d rows in %d partitions (%d snapshots before)", len(data), len(batches), before)
 
     def _witness(self, snapshot_id: int | None, uuid: str, heads: dict[str, Head]) -> None:
         """Append the signed heads to the local witness file, so a later rollback shows."""

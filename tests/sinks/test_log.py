@@ -145,3 +145,58 @@ def test_payload_json_is_to_json_dict_without_the_sealed_token() -> None:
             assert got["credential"]["sealed_token"].startswith("<sealed ")
             got["credential"]["sealed_token"] = want["credential"]["sealed_token"]
         assert got == want
+
+
+def test_a_second_writer_on_the_same_chain_is_fenced(tmp_path: Path) -> None:
+    from sinks.writer import Record, StaleStateError
+
+    from .helpers import CODEC
+
+    settings = local_settings(tmp_path / "home")
+    first, zombie = make_sink(settings), make_sink(settings)
+    events = [CODEC.encode(e) for e in scenario()[:4]]
+    first.add(Record("qt.log", 0, 0, b"k", events[0]))
+    first.flush()
+    zombie.add(Record("qt.log", 0, 0, b"k", events[0]))  # it never saw the first's commit
+    with pytest.raises(StaleStateError):
+        zombie.flush()
+    zombie.drop()
+    zombie.reload()
+    zombie.add(Record("qt.log", 0, 0, b"k", events[0]))  # already stored: skipped
+    zombie.add(Record("qt.log", 0, 1, b"k", events[1]))
+    zombie.flush()
+    assert open_table(settings).scan().to_arrow().num_rows == 2
+    assert verify(settings).ok
+
+
+def test_decoding_in_worker_processes_writes_the_same_rows(tmp_path: Path) -> None:
+    from sinks.chain import load_signer
+    from sinks.consumer import witness_path
+    from sinks.table import load_or_create_table
+    from sinks.writer import IcebergSink
+
+    from .helpers import CODEC
+
+    events = scenario()
+    inline_settings = local_settings(tmp_path / "inline")
+    write_events(make_sink(inline_settings), events, raw=[b"junk"])
+    pooled_settings = local_settings(tmp_path / "pooled")
+    make_sink(pooled_settings).close()  # creates the key pair
+    pooled = IcebergSink(
+        load_or_create_table(pooled_settings),
+        load_signer(pooled_settings.key_path("chain_signing_key")),
+        CODEC.decode,
+        witness_path(pooled_settings),
+        workers=2,
+    )
+    pooled.chunk_size = 7  # several chunks in flight per flush
+    try:
+        write_events(pooled, events, raw=[b"junk"])
+    finally:
+        pooled.close()
+    columns = ["topic", "partition", "offset", "event_type", "payload_json", "avro"]
+    order = [("partition", "ascending"), ("offset", "ascending")]
+    inline = open_table(inline_settings).scan().to_arrow().select(columns).sort_by(order)
+    pooled_rows = open_table(pooled_settings).scan().to_arrow().select(columns).sort_by(order)
+    assert pooled_rows.equals(inline)
+    assert verify(pooled_settings).ok

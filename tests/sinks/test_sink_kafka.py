@@ -119,6 +119,7 @@ def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
             "QUERYTRAIL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
             "QUERYTRAIL_ICEBERG__COMMIT_INTERVAL_S": str(settings.iceberg.commit_interval_s),
             "QUERYTRAIL_ICEBERG__BATCH_SIZE": str(settings.iceberg.batch_size),
+            "QUERYTRAIL_ICEBERG__SINK_WORKERS": "2",  # the crash test also covers the decoding processes
             "QUERYTRAIL_LOG_LEVEL": "WARNING",
         }
     )

@@ -28,15 +28,28 @@ JARS = ("iceberg-spark-runtime-4.0_2.13-1.10.0.jar", "sqlite-jdbc-3.46.1.3.jar")
 
 
 def _jars() -> Path:
-    cache = Path(os.environ.get("QUERYTRAIL_JAR_CACHE", str(Path.home() / ".querytrail" / "cache"))) / "spark-jars"
+    cache = (
+        Path(os.environ.get("QUERYTRAIL_JAR_CACHE", str(Path.home() / ".querytrail" / "cache")))
+        / "spark-jars"
+    )
     if all((cache / j).exists() for j in JARS):
         return cache
     if shutil.which("mvn") is None:
         pytest.skip("mvn is not installed: cannot resolve the Iceberg Spark runtime from Maven Central")
     proc = subprocess.run(
-        ["mvn", "-q", "-f", str(REPO / "infra" / "spark" / "pom.xml"), "dependency:copy-dependencies",
-         "-DexcludeTransitive=true", f"-DoutputDirectory={cache}"],
-        capture_output=True, text=True, timeout=900, check=False,
+        [
+            "mvn",
+            "-q",
+            "-f",
+            str(REPO / "infra" / "spark" / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DexcludeTransitive=true",
+            f"-DoutputDirectory={cache}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     if proc.returncode != 0 or not all((cache / j).exists() for j in JARS):
         pytest.skip(f"could not resolve the Spark jars from Maven Central: {proc.stderr[-500:]}")
@@ -45,7 +58,9 @@ def _jars() -> Path:
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pyspark not installed (pip install querytrail[spark])")
+    pyspark_sql = pytest.importorskip(
+        "pyspark.sql", reason="pyspark not installed (pip install querytrail[spark])"
+    )
     jars = _jars()
     home = tmp_path_factory.mktemp("spark-home")
     conf = (REPO / "infra" / "spark" / "spark-defaults.conf").read_text(encoding="utf-8")
@@ -69,7 +84,11 @@ def test_spark_reads_the_log_and_agrees_with_duckdb(spark: Any) -> None:
 
     count = session.sql("SELECT count(*) AS n FROM querytrail.audit.events").collect()[0]["n"]
     assert count == len(scenario())
-    for name, key in (("pii-exposure", "exposure"), ("privileged-access", "nightly"), ("costly-scans", "prompt")):
+    for name, key in (
+        ("pii-exposure", "exposure"),
+        ("privileged-access", "nightly"),
+        ("costly-scans", "prompt"),
+    ):
         names, rows = run_report(events, name)
         duck = sorted((r[0], r[names.index(key)]) for r in rows)
         spark_rows = session.sql(render_sql(report_sql(name, "spark"), "spark")).collect()
