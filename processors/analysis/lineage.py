@@ -124,9 +124,16 @@ class Lineage:
             return {OPAQUE: False}
         return self._from_source(src, name)
 
+    @staticmethod
+    def _selected(scope: Scope | None) -> dict[str, exp.Table | Scope]:
+        """Sources in this scope's FROM/JOINs (not every CTE that happens to be visible)."""
+        if scope is None:
+            return {}
+        return {alias: src for alias, (_, src) in scope.selected_sources.items()}
+
     def all_columns(self, scope: Scope | None, alias: str | None, sources: Mapping | None = None) -> Sources:
         """Every column a ``*`` (or ``alias.*``) inside an expression reads."""
-        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        cands = dict(sources) if sources is not None else self._selected(scope)
         if alias is not None:
             picked = cands.get(alias)
             if picked is None and sources is None:
@@ -154,7 +161,7 @@ class Lineage:
 
     def _unqualified(self, scope: Scope | None, col: exp.Column, sources: Mapping | None) -> Sources:
         """qualify left it unqualified: unknown column, or ambiguous. Map it to every candidate."""
-        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        cands = dict(sources) if sources is not None else self._selected(scope)
         out: Sources = {}
         hits = 0
         for src in cands.values():
@@ -282,7 +289,7 @@ class Lineage:
     def _positional(self, scope: Scope | None, node: exp.Parameter, sources: Mapping | None) -> Sources:
         """``$3`` is the third column of the only source; ``$var`` is a session variable (opaque)."""
         arg = node.this
-        cands = dict(sources) if sources is not None else (dict(scope.sources) if scope else {})
+        cands = dict(sources) if sources is not None else self._selected(scope)
         if not (isinstance(arg, exp.Literal) and not arg.is_string and arg.this.isdigit()) or len(cands) != 1:
             self.unresolved_columns.add(node.sql("snowflake"))
             return {OPAQUE: False}

@@ -2,7 +2,8 @@
 
 Hypothesis builds SELECTs over the demo catalog (infra/catalog/demo.yaml) the way an AI agent
 might launder a column: transformations, aliases, CTEs, derived tables, ``SELECT *`` with
-EXCLUDE, UNION ALL branches, mixed-case and quoted identifiers. The generator itself tracks
+EXCLUDE, positional ``$N`` references, UNION [ALL]/INTERSECT/EXCEPT, mixed-case and quoted
+identifiers. The generator itself tracks
 which base columns flow into each output (an oracle independent of the analyser); the test
 then checks that every output whose oracle sources include a classified column is wrapped in
 a mask in every branch of the rewritten statement, and that the analyser saw those sources.
@@ -43,6 +44,8 @@ TRANSFORMS = (
     "CASE WHEN {} IS NULL THEN 'none' ELSE 'some' END",
     "MAX({}) OVER ()",
     "CONCAT('<', {}, '>')",
+    "OBJECT_CONSTRUCT('k', {})",
+    "TRY_CAST({} AS VARCHAR)",
 )
 
 
@@ -67,8 +70,15 @@ def spelled(draw: st.DrawFn, name: str) -> str:
 
 @st.composite
 def projection(draw: st.DrawFn, cols: list[Col], qualifier: str, alias: str) -> tuple[str, Col]:
-    col = draw(st.sampled_from(cols))
-    expr = f"{qualifier}.{draw(spelled(col.name))}" if draw(st.booleans()) else draw(spelled(col.name))
+    index = draw(st.integers(min_value=0, max_value=len(cols) - 1))
+    col = cols[index]
+    style = draw(st.sampled_from(["qualified", "bare", "positional"]))
+    if style == "positional":
+        expr = f"${index + 1}"  # Snowflake's positional column reference
+    elif style == "qualified":
+        expr = f"{qualifier}.{draw(spelled(col.name))}"
+    else:
+        expr = draw(spelled(col.name))
     for template in draw(st.lists(st.sampled_from(TRANSFORMS), max_size=2)):
         expr = template.format(expr)
     return f"{expr} AS {alias}", Col(alias, col.sources)
@@ -124,7 +134,8 @@ def statements(draw: st.DrawFn) -> tuple[str, list[frozenset[str]]]:
         other, other_cols = draw(select(draw(st.integers(min_value=0, max_value=2)), counter))
         n = min(len(cols), len(other_cols))
         if n and len(cols) == len(other_cols):
-            sql = f"{sql} UNION ALL {other}"
+            op = draw(st.sampled_from(["UNION ALL", "UNION", "INTERSECT", "EXCEPT"]))
+            sql = f"{sql} {op} {other}"
             oracle = [a | b.sources for a, b in zip(oracle, other_cols, strict=True)]
     return sql, oracle
 
@@ -133,7 +144,7 @@ def _classified(sources: frozenset[str]) -> bool:
     return any(CLASSIFIER.column_classification(s) for s in sources)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(statements())
 def test_no_classified_column_escapes_masking(case: tuple[str, list[frozenset[str]]]) -> None:
     sql, oracle = case
