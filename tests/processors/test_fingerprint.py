@@ -32,6 +32,8 @@ def test_cosmetic_differences_share_a_fingerprint(a: str, b: str) -> None:
         ("select v:Select from t", "select v:select from t"),  # variant keys keep case
         ("select 1; drop table t", "select 1"),
         ("select a from t", "select b from t"),
+        ("put file:///tmp/a.csv @s", "put file:///etc/passwd @s"),  # a URL's // is not a comment
+        ("get @s file:///tmp/A/", "get @s file:///tmp/a/"),
     ],
 )
 def test_real_differences_do_not(a: str, b: str) -> None:
