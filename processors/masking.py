@@ -47,6 +47,8 @@ __all__ = ["MASKS", "STRENGTH", "MaskedColumnPlan", "MaskingError", "mask_expres
 STRENGTH = ("nullify", "redact", "hash", "last4", "email")  # strongest first
 MASKS = frozenset(STRENGTH)
 _FORMAT_PRESERVING = frozenset({"email", "last4"})
+# statements that can return rows the analyser cannot see into: never run unmasked
+_UNMASKABLE = frozenset({"unknown", "multi", "call"})
 _PLAIN = re.compile(r"[A-Z_][A-Z0-9_$]*")
 _SNOWFLAKE = Dialect.get_or_raise("snowflake")
 
@@ -143,9 +145,12 @@ def plan_masking(
 ) -> tuple[str, tuple[MaskedColumnPlan, ...]]:
     """(Snowflake SQL to run, one plan entry per masked output column).
 
-    Statements that return no table data (anything but ``select``) come back unchanged.
-    Raises MaskingError when a SELECT's outputs cannot be fully accounted for.
+    Statements that return no table data (DML, DDL, USE, SHOW, ...) come back unchanged.
+    Raises MaskingError when a SELECT's outputs cannot be fully accounted for, and for
+    unknown, multi-statement and CALL text, whose results nobody can see into.
     """
+    if analysis.statement in _UNMASKABLE:
+        raise MaskingError(f"a {analysis.statement} statement may return data that cannot be masked")
     if analysis.statement != "select":
         return analysis.sql, ()
     if analysis.parsed is None:

@@ -88,6 +88,8 @@ def _parse(sql: str) -> tuple[list[exp.Expr], str | None]:
         parsed = [e for e in sqlglot.parse(sql, dialect="snowflake") if e is not None]
     except SqlglotError as exc:
         return [], str(exc).splitlines()[0][:300]
+    except (RecursionError, ValueError, TypeError) as exc:  # e.g. thousands of nested parentheses
+        return [], f"cannot parse: {type(exc).__name__}"
     if not parsed:
         return [], "no statement"
     return parsed, None
@@ -137,7 +139,7 @@ def analyse(
     # whole-table bytes of every table scanned (no selectivity guess); unknown (None) as soon
     # as one scanned table is unresolved or has no statistics, so a size rule never passes on it
     est: int | None = None
-    if error is None:
+    if error is None and not any(c.failed or c.kind == "unknown" for c in contexts):
         infos = [catalog.table(name) for name in sorted(scanned)]
         if all(t is not None and t.bytes is not None for t in infos):
             est = sum(t.bytes or 0 for t in infos if t is not None)

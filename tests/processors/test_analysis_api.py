@@ -1,0 +1,85 @@
+"""analyse() contract details not covered by the fixture file: robustness and result shape."""
+
+from __future__ import annotations
+
+import pytest
+from analysis_support import CATALOG, MASKS, GlobClassifier
+
+from processors.analysis import analyse, fingerprint
+from processors.masking import MaskingError, plan_masking
+
+CLASSIFIER = GlobClassifier()
+
+
+def run(sql: str, **session: str | None) -> object:
+    kw = {"database": "ANALYTICS", "schema": "PUBLIC", **session}
+    return analyse(sql, CATALOG, CLASSIFIER, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select " + "(" * 5000 + "1" + ")" * 5000,  # deeper than Python's recursion limit
+        "select 1" + " union all select 1" * 2000,
+        "\x00\x01",
+        "",
+        "   ",
+        "-- just a comment",
+    ],
+)
+def test_pathological_text_fails_closed(sql: str) -> None:
+    a = run(sql)
+    assert a.statement in ("unknown", "select")  # type: ignore[attr-defined]
+    assert {"parse_error", "unknown_statement"} & {f.code for f in a.findings}  # type: ignore[attr-defined]
+    assert a.estimated_bytes is None  # type: ignore[attr-defined]
+    with pytest.raises(MaskingError):
+        plan_masking(a, MASKS, CLASSIFIER)  # type: ignore[arg-type]
+
+
+def test_result_shape() -> None:
+    a = analyse(
+        "insert into countries select country, city from customers where email like '%x'",
+        CATALOG,
+        CLASSIFIER,
+        database="analytics",  # session defaults are identifiers too: unquoted -> upper
+        schema="public",
+    )
+    assert a.statement == "insert"
+    assert a.tables_read == ("ANALYTICS.PUBLIC.CUSTOMERS",)
+    assert a.tables_written == ("ANALYTICS.PUBLIC.COUNTRIES",)
+    assert a.tables == ("ANALYTICS.PUBLIC.COUNTRIES", "ANALYTICS.PUBLIC.CUSTOMERS")
+    assert a.predicate_columns == ("ANALYTICS.PUBLIC.CUSTOMERS.EMAIL",)
+    assert a.fingerprint == fingerprint(a.sql) and len(a.fingerprint) == 64
+    assert [f.code for f in a.findings] == ["sensitive_predicate"]
+    # nothing is returned by an INSERT: no output columns, nothing to mask, SQL unchanged
+    assert a.output_columns == ()
+    assert plan_masking(a, MASKS, CLASSIFIER) == (a.sql, ())
+
+
+def test_multi_statement_keeps_every_part_but_cannot_be_masked() -> None:
+    a = run("select email from customers where id = 1; use role accountadmin")
+    assert a.statement == "multi"
+    codes = [f.code for f in a.findings]
+    assert codes[0] == "multi_statement" and "role_change" in codes
+    assert a.parsed is None and a.output_columns == ()
+    with pytest.raises(MaskingError):
+        plan_masking(a, MASKS, CLASSIFIER)
+
+
+@pytest.mark.parametrize("sql", ["call my_proc()", "execute immediate 'select email from customers'"])
+def test_statements_with_invisible_results_cannot_be_masked(sql: str) -> None:
+    with pytest.raises(MaskingError):
+        plan_masking(run(sql), MASKS, CLASSIFIER)  # type: ignore[arg-type]
+
+
+def test_unmasked_select_runs_exactly_as_written() -> None:
+    sql = "select id, city from customers where id = 1 /* keep me */"
+    a = run(sql)
+    assert plan_masking(a, MASKS, CLASSIFIER) == (sql, ())
+
+
+def test_analysis_is_deterministic() -> None:
+    sql = "with x as (select email e, ssn s from customers where id < 9) select * from x"
+    assert run(sql).findings == run(sql).findings  # type: ignore[attr-defined]
+    first = plan_masking(run(sql), MASKS, CLASSIFIER)  # type: ignore[arg-type]
+    assert first == plan_masking(run(sql), MASKS, CLASSIFIER)  # type: ignore[arg-type]
