@@ -52,17 +52,9 @@ IDENTITIES: dict[str, dict[str, Any]] = {
 # Analyser gaps found by this corpus (processors/analysis, owned by the analysis helper). The
 # decision is still asserted; the findings/masks mismatch is an expected failure until fixed,
 # and a case that starts to pass fails here so the entry gets removed.
-KNOWN_GAPS: dict[str, str] = {
-    "quoted-lowercase-table-is-another-table": "catalog.table() re-normalises resolved names: "
-    '"analytics"."public"."customers" is found as ANALYTICS.PUBLIC.CUSTOMERS (stats, no unresolved_table)',
-    "quoted-lowercase-table-star": "same: stats of ANALYTICS.PUBLIC.CUSTOMERS used, no unresolved_table",
-}
+KNOWN_GAPS: dict[str, str] = {}
 # Gaps that change the decision (always towards deny: fail closed): strict expected failures.
-KNOWN_DENIALS: dict[str, str] = {
-    "customers-by-country-filtered": "ORDER BY a projection alias is reported as unresolved_column",
-    "top-customers-by-spend-join": "ORDER BY a projection alias is reported as unresolved_column",
-    "date-trunc-monthly-signups": "GROUP BY/ORDER BY position of an aliased projection: unresolved_column",
-}
+KNOWN_DENIALS: dict[str, str] = {}
 HEADER_KEYS = ("as", "at", "database", "schema", "decision", "findings", "masked", "execute")
 _HEADER = re.compile(r"^-- (" + "|".join(HEADER_KEYS) + r"):(.*)$")
 
