@@ -151,9 +151,7 @@ def test_unknown_estimate_never_allows() -> None:
     )
     d = evaluate("SELECT id FROM a.b.t WHERE id = 1", CI, catalog, p, NOON)
     assert d.decision == "deny"
-    if d.estimated_bytes is not None:
-        # analyser gap: processors/analysis sums missing table bytes as 0 instead of None
-        pytest.xfail(f"analyser estimates {d.estimated_bytes} bytes for a table without statistics")
+    assert d.estimated_bytes is None  # a table without statistics is unknown, never 0 bytes
     q = policy(
         "rules:\n  - {id: big, when: {estimated_bytes_gt: 1TB}, then: {require_approval: {approvers: [x]}}}\n"
     )
