@@ -26,13 +26,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import snowflake.connector
 from snowflake.connector.constants import FIELD_ID_TO_NAME
 
-from infra.clients import make_consumer
 from processors.authz import AuthzError, Verifier
 from processors.detectors import mask_rows
 from processors.ledger import Ledger, LedgerRow
@@ -51,10 +49,10 @@ from schemas.events import (
     producer,
     utcnow,
 )
-from schemas.topics import topic_names
 
 __all__ = [
     "FAULT_SLEEP_ENV",
+    "ConnectionPool",
     "Executor",
     "Outcome",
     "connect",
@@ -62,8 +60,6 @@ __all__ = [
     "recovery_event",
     "result_sha256",
     "run_statement",
-    "serve",
-    "verify_key_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,14 +176,68 @@ def _failed(auth: Any, outcome: str, exc: BaseException, sfqid: str | None = Non
     )
 
 
-def run_statement(auth: ExecutionAuthorized, profile: SnowflakeProfile, settings: Settings) -> Outcome:
+class ConnectionPool:
+    """Open Snowflake sessions of one profile, reused across requests.
+
+    Each request tags its session first: ``ALTER SESSION SET QUERY_TAG`` and
+    ``STATEMENT_TIMEOUT_IN_SECONDS``. A target that refuses ALTER SESSION (the emulator:
+    fakesnow answers "not implemented", and ignores session parameters at login as well) is
+    noted once; QUERY_TAG then cannot be applied there, and the client-side timeout still holds.
+    """
+
+    def __init__(self, profile: SnowflakeProfile, size: int = 8) -> None:
+        self.profile = profile
+        self.size = size
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self.alter_session = True
+
+    def acquire(self, rid: str, timeout_s: int) -> Any:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect(self.profile, {"QUERY_TAG": rid, "STATEMENT_TIMEOUT_IN_SECONDS": timeout_s})
+        if self.alter_session:
+            tag = rid.replace("\\", "\\\\").replace("'", "\\'")[:2000]
+            cur = conn.cursor()
+            try:
+                cur.execute(f"ALTER SESSION SET QUERY_TAG = '{tag}'")
+                cur.execute(f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = {int(timeout_s)}")
+            except snowflake.connector.errors.ProgrammingError as exc:
+                if "not implemented" not in str(exc):
+                    conn.close()
+                    raise
+                self.alter_session = False
+                log.warning(
+                    "target %s does not support ALTER SESSION (emulator): QUERY_TAG not applied",
+                    self.profile.account,
+                )
+            finally:
+                cur.close()
+        return conn
+
+    def release(self, conn: Any, healthy: bool) -> None:
+        with self._lock:
+            if healthy and len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+def run_statement(
+    auth: ExecutionAuthorized,
+    profile: SnowflakeProfile,
+    settings: Settings,
+    pool: ConnectionPool | None = None,
+) -> Outcome:
     """Run one verified authorisation on Snowflake; never raises for Snowflake errors."""
-    params = {"QUERY_TAG": auth.request_id, "STATEMENT_TIMEOUT_IN_SECONDS": auth.timeout_s}
+    pool = pool or ConnectionPool(profile, size=0)
     try:
-        conn = connect(profile, params)
+        conn = pool.acquire(auth.request_id, auth.timeout_s)
     except Exception as exc:  # login failures, DNS, refused connections: the statement never ran
         log.warning("snowflake unreachable: %s", exc, extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, "unreachable", exc)], "unreachable")
+    healthy = False
     started = time.monotonic()
     sfqid: str | None = None
     try:
@@ -200,13 +250,16 @@ def run_statement(auth: ExecutionAuthorized, profile: SnowflakeProfile, settings
             raw = cur.fetchmany(auth.max_rows + 1) if names else []
         finally:
             cur.close()
+        healthy = True
     except snowflake.connector.errors.Error as exc:
+        # a statement error leaves the session usable; anything else closes it
+        healthy = isinstance(exc, snowflake.connector.errors.ProgrammingError)
         timed_out = getattr(exc, "errno", None) in (604, 630) or "timeout" in str(exc).lower()
         outcome = "timeout" if timed_out else "failed"
         log.info("statement failed: %s", exc, extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, outcome, exc, sfqid)], outcome)
     finally:
-        conn.close()
+        pool.release(conn, healthy)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     fault = os.environ.get(FAULT_SLEEP_ENV)
     if fault:  # test-only crash window, see module docstring
@@ -304,6 +357,8 @@ class Executor:
         self.verifier = verifier
         self.ledger = ledger
         self.publisher = publisher
+        self._pools: dict[tuple[str | None, ...], ConnectionPool] = {}
+        self._pools_lock = threading.Lock()
 
     def recover(self) -> int:
         """Report every request a previous run left unreported; returns how many."""
@@ -356,92 +411,15 @@ class Executor:
             )
         else:
             log.info("running statement", extra={"request_id": rid})
-            outcome = run_statement(auth, profile, self.settings)
+            t = auth.target
+            key = (t.profile, t.database, t.schema, t.warehouse, t.role)
+            with self._pools_lock:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = self._pools[key] = ConnectionPool(profile, self.settings.executor.concurrency)
+            outcome = run_statement(auth, profile, self.settings, pool)
         self.ledger.mark_finished(rid, outcome.outcome)
         self.publisher.publish(outcome.events)
         self.ledger.mark_reported(rid)
         log.info("execution %s", outcome.outcome, extra={"request_id": rid})
         return outcome.outcome
-
-
-def verify_key_path(settings: Settings) -> Path:
-    """The authorisation public key: configured, or next to the worker's key under home/keys."""
-    if settings.authz_verify_key_path is not None:
-        return settings.authz_verify_key_path
-    return public_key_path(settings.key_path("authz_signing_key"))
-
-
-def public_key_path(private_path: Path) -> Path:
-    """``keys/foo.pem`` -> ``keys/foo.pub.pem`` (the identity helper's convention)."""
-    return private_path.with_name(private_path.name.removesuffix(".pem") + ".pub.pem")
-
-
-def serve(settings: Settings, stop: threading.Event | None = None) -> int:
-    """The ``querytrail executor`` loop: at-least-once consumption, at-most-once execution."""
-    from processors.kafka_io import Publisher
-    from schemas.codec import DecodeError, EventCodec
-
-    stop = stop or threading.Event()
-    verifier = Verifier.from_pem_files(
-        [verify_key_path(settings)], max_age_s=settings.executor.authorization_max_age_s
-    )
-    ledger = Ledger(settings.home / "executor" / "ledger.db")
-    codec = EventCodec(settings.kafka.schema_registry_url)
-    publisher = Publisher(settings, "executor", codec)
-    executor = Executor(settings, verifier, ledger, publisher)
-    recovered = executor.recover()
-    if recovered:
-        log.warning("reported %d unfinished execution(s) from a previous run", recovered)
-    catalog = threading.Thread(target=_catalog_loop, args=(settings, publisher, stop), daemon=True)
-    catalog.start()
-    topic = topic_names(settings.kafka.topic_prefix)["executions"]
-    # A short session: after a crash the restarted executor gets its partitions (and the
-    # redelivered authorisations, which the ledger then refuses to rerun) within seconds.
-    consumer = make_consumer(
-        settings.kafka,
-        group_id=f"{settings.kafka.topic_prefix}.executor",
-        **{"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000},
-    )
-    consumer.subscribe([topic])
-    log.info("executor consuming %s", topic)
-    try:
-        while not stop.is_set():
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                log.debug("consumer: %s", msg.error())
-                continue
-            try:
-                event = codec.decode(msg.value() or b"")
-            except DecodeError as exc:
-                publisher.dead_letter(msg, "undecodable", str(exc))
-                consumer.commit(message=msg, asynchronous=False)
-                continue
-            if isinstance(event, ExecutionAuthorized):
-                executor.handle(event)
-            elif not isinstance(event, ExecutionStarted):
-                publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
-            # committed only after the outputs are acknowledged: redelivery is the ledger's job
-            consumer.commit(message=msg, asynchronous=False)
-    finally:
-        consumer.close()
-        ledger.close()
-        publisher.producer.flush(10)
-    return 0
-
-
-def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> None:
-    """Publish CatalogTable events from INFORMATION_SCHEMA on start and every refresh interval."""
-    previous: list[str] = []
-    while not stop.is_set():
-        try:
-            from processors import catalog_sync
-
-            events = catalog_sync.catalog_events(settings, previous=previous)
-            publisher.publish(events)
-            previous = [e.table for e in events if not e.deleted]
-            log.info("published %d catalog table(s)", len(events))
-        except Exception:
-            log.exception("catalog refresh failed; keeping the previous catalog on the topic")
-        stop.wait(settings.executor.catalog_refresh_s)

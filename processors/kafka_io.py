@@ -9,6 +9,7 @@ at-least-once half of every processor. The other half is deduplication in the co
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -44,31 +45,41 @@ class Publisher:
         self.component = component
         self.topics = topic_names(settings.kafka.topic_prefix)
         self.codec = codec or EventCodec(settings.kafka.schema_registry_url)
-        self.producer: QtProducer = make_producer(settings.kafka)
+        # Each publish waits for its acknowledgement, so batching delay is pure latency here.
+        self.producer: QtProducer = make_producer(settings.kafka, **{"linger.ms": 0})
 
     def publish(self, events: Iterable[Event], timeout: float = 30.0) -> None:
-        """Produce ``events`` in order and wait until the broker acknowledged all of them."""
+        """Produce ``events`` in order and wait until the broker acknowledged all of them.
+
+        Thread-safe: delivery callbacks may run in another thread's poll/flush, so each call
+        counts its own acknowledgements under a lock.
+        """
+        lock = threading.Lock()
         errors: list[KafkaError] = []
-        pending = 0
+        pending = [0]
+        all_acked = threading.Event()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            nonlocal pending
-            pending -= 1
-            if err is not None:
-                errors.append(err)
+            with lock:
+                pending[0] -= 1
+                if err is not None:
+                    errors.append(err)
+                if pending[0] == 0:
+                    all_acked.set()
 
-        for event in events:
-            value = self.codec.encode(event)
-            self.producer.produce(
-                self.topics[topic_for(event)], value=value, key=key_for(event), on_delivery=on_delivery
-            )
-            pending += 1
+        batch = [(self.topics[topic_for(e)], self.codec.encode(e), key_for(e)) for e in events]
+        if not batch:
+            return
+        with lock:
+            pending[0] = len(batch)
+        for topic, value, key in batch:
+            self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
             self.producer.poll(0)
         deadline = time.monotonic() + timeout
-        while pending > 0:
+        while not all_acked.is_set():
             if time.monotonic() > deadline:
-                raise PublishError(f"{pending} event(s) not acknowledged within {timeout:.0f}s")
-            self.producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+                raise PublishError(f"{pending[0]} event(s) not acknowledged within {timeout:.0f}s")
+            self.producer.poll(0.01)  # serves delivery callbacks (ours or other threads')
         if errors:
             raise PublishError(f"publish failed: {errors[0]}")
 

@@ -15,6 +15,7 @@ Refused authorisations are remembered by event id so a redelivery is not refused
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +59,11 @@ def _now() -> str:
 
 
 class Ledger:
-    """One SQLite file; every write is its own transaction with synchronous=FULL."""
+    """One SQLite file; every write is its own transaction with synchronous=FULL.
+
+    Thread-safe: the executor runs statements in parallel; one lock serialises the (short)
+    SQLite calls, and the UNIQUE columns make ``record`` the single point of arbitration.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +73,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
@@ -83,20 +89,22 @@ class Ledger:
     ) -> bool:
         """Claim a request and nonce. False when either was ever claimed before (single use)."""
         try:
-            self._db.execute(
-                "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
-                (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
-            )
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
+                    (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
+                )
         except sqlite3.IntegrityError:
             return False
         return True
 
     def _set(self, request_id: str, state: str, outcome: str | None = None) -> None:
-        self._db.execute(
-            "UPDATE executions SET state = ?, outcome = COALESCE(?, outcome), updated_at = ? "
-            "WHERE request_id = ?",
-            (state, outcome, _now(), request_id),
-        )
+        with self._lock:
+            self._db.execute(
+                "UPDATE executions SET state = ?, outcome = COALESCE(?, outcome), updated_at = ? "
+                "WHERE request_id = ?",
+                (state, outcome, _now(), request_id),
+            )
 
     def mark_started(self, request_id: str) -> None:
         self._set(request_id, "started")
@@ -108,27 +116,30 @@ class Ledger:
         self._set(request_id, "reported", outcome)
 
     def get(self, request_id: str) -> LedgerRow | None:
-        row = self._db.execute(
-            "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, state, "
-            "outcome FROM executions WHERE request_id = ?",
-            (request_id,),
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, "
+                "state, outcome FROM executions WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
         return LedgerRow(*row) if row else None
 
     def unreported(self) -> list[LedgerRow]:
         """Rows a previous run left before ``reported`` (crash recovery), oldest first."""
-        rows = self._db.execute(
-            "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, state, "
-            "outcome FROM executions WHERE state != 'reported' ORDER BY recorded_at"
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, nonce, authorization_event_id, session_id, statement_sha256, "
+                "state, outcome FROM executions WHERE state != 'reported' ORDER BY recorded_at"
+            ).fetchall()
         return [LedgerRow(*r) for r in rows]
 
     def refuse(self, event_id: str, request_id: str, reason_code: str) -> bool:
         """Remember a refused authorisation; False when it was refused before (redelivery)."""
         try:
-            self._db.execute(
-                "INSERT INTO refused VALUES (?, ?, ?, ?)", (event_id, request_id, reason_code, _now())
-            )
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO refused VALUES (?, ?, ?, ?)", (event_id, request_id, reason_code, _now())
+                )
         except sqlite3.IntegrityError:
             return False
         return True

@@ -79,7 +79,7 @@ def _executor(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from processors.executor import serve
+    from processors.executor_service import serve
     from querytrail.observability import configure_logging
 
     settings = _settings()

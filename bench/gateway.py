@@ -1,0 +1,268 @@
+"""Latency of the same query: direct to Snowflake, through the whole pipeline, and one Kafka hop;
+then a sustained rate through the pipeline.
+
+    /work/venv/bin/python bench/gateway.py [--n 50] [--rate 100] [--seconds 60] [--bootstrap HOST:PORT]
+
+Starts what it needs on this machine (a Kafka 4.x broker unless --bootstrap names one, a seeded
+fakesnow server, the worker and the executor as separate processes, as ``querytrail up`` does).
+
+- direct: snowflake-connector-python, ``connect()`` + execute + fetch per query (what the
+  executor does per request, since QUERY_TAG is a per-session setting), and execute + fetch on
+  one open connection.
+- one hop: produce (acks=all) -> consume of one record, confluent-kafka both sides.
+- pipeline: QueryRequested produced -> QueryCompleted + pages consumed, through worker and
+  executor (3 hops on the critical path: requests, executions, results).
+
+Prints p50/p99 of each, and the pipeline's added latency (pipeline - direct) as a multiple of
+(hops x one hop). Issue 5's targets: added p50 <= 2 x that floor; >= 100 audited requests/s for
+60 s with nothing lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "pipeline"))  # the pipeline harness the tests use
+
+SQL = "SELECT ID, EMAIL FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID <= 10"
+HOPS = 3
+
+
+def _free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def show(name: str, values: list[float]) -> tuple[float, float]:
+    p50, p99 = pct(values, 0.5), pct(values, 0.99)
+    print(f"{name:<34} n={len(values):<5} p50={p50 * 1000:8.1f} ms  p99={p99 * 1000:8.1f} ms")
+    return p50, p99
+
+
+def bench_direct(profile: Any, n: int) -> tuple[list[float], list[float]]:
+    from processors.executor import connect
+
+    per_connect, warm = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        conn = connect(profile, {"QUERY_TAG": "bench"})
+        cur = conn.cursor()
+        cur.execute(SQL)
+        cur.fetchall()
+        conn.close()
+        per_connect.append(time.perf_counter() - t)
+    conn = connect(profile, {})
+    cur = conn.cursor()
+    for _ in range(n):
+        t = time.perf_counter()
+        cur.execute(SQL)
+        cur.fetchall()
+        warm.append(time.perf_counter() - t)
+    conn.close()
+    return per_connect, warm
+
+
+def bench_hop(settings: Any, n: int) -> list[float]:
+    from confluent_kafka import TopicPartition
+
+    from infra.clients import make_consumer, make_producer
+
+    topic = f"{settings.kafka.topic_prefix}.actions"  # an idle topic of this run's prefix
+    producer = make_producer(settings.kafka, **{"linger.ms": 0})
+    consumer = make_consumer(settings.kafka, f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 10})
+    consumer.assign([TopicPartition(topic, p, -1) for p in range(settings.kafka.partitions)])  # -1: end
+    consumer.poll(1.0)
+    out = []
+    for i in range(n):
+        key = f"hop-{i}".encode()
+        t = time.perf_counter()
+        producer.produce(topic, value=b"x" * 200, key=key)
+        producer.flush(10)
+        while True:
+            msg = consumer.poll(5.0)
+            if msg is not None and msg.error() is None and msg.key() == key:
+                break
+        out.append(time.perf_counter() - t)
+    consumer.close()
+    return out
+
+
+class Waiter:
+    """One consumer on the results topic, collecting completion times by request id."""
+
+    def __init__(self, settings: Any) -> None:
+        from confluent_kafka import TopicPartition
+
+        from infra.clients import make_consumer
+        from schemas.codec import EventCodec
+
+        self.codec = EventCodec()
+        self.consumer = make_consumer(
+            settings.kafka, f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 10}
+        )
+        topic = f"{settings.kafka.topic_prefix}.results"
+        self.consumer.assign([TopicPartition(topic, p, -1) for p in range(settings.kafka.partitions)])
+        self.consumer.poll(1.0)
+        self.done: dict[str, tuple[float, str]] = {}
+
+    def pump(self, timeout: float) -> None:
+        msg = self.consumer.poll(timeout)
+        while msg is not None:
+            if msg.error() is None:
+                event = self.codec.decode(msg.value() or b"")
+                if event.event_type in ("QueryCompleted", "QueryFailed", "QueryRejected"):
+                    self.done.setdefault(event.request_id, (time.perf_counter(), event.event_type))
+            msg = self.consumer.poll(0)
+
+
+def bench_pipeline(p: Any, n: int) -> list[float]:
+    from ingress.client import QueryClient
+    from processors.kafka_io import Publisher
+    from schemas.events import ClientContext, Target
+
+    client = QueryClient(p.settings)
+    publisher = Publisher(p.settings, "bench")
+    token = p.token("ci-bot", ("ci",), repository="acme/etl")
+    waiter = Waiter(p.settings)
+    out = []
+    for _ in range(n):
+        rid = f"bench-{uuid.uuid4()}"
+        req = client.build_request(
+            request_id=rid, prompt="bench", sql=SQL, model="bench", token=token,
+            target=Target(profile="analytics"), context=ClientContext(),
+        )  # fmt: skip
+        t = time.perf_counter()
+        publisher.publish([req])
+        while rid not in waiter.done:
+            waiter.pump(0.05)
+        end, kind = waiter.done[rid]
+        assert kind == "QueryCompleted", kind
+        out.append(end - t)
+    return out
+
+
+def bench_rate(p: Any, rate: float, seconds: float) -> None:
+    from ingress.client import QueryClient
+    from processors.kafka_io import Publisher
+    from schemas.events import ClientContext, Target
+
+    client = QueryClient(p.settings)
+    publisher = Publisher(p.settings, "bench")
+    token = p.token("ci-bot", ("ci",), repository="acme/etl")
+    waiter = Waiter(p.settings)
+    total = int(rate * seconds)
+    sent: dict[str, float] = {}
+    start = time.perf_counter()
+    for i in range(total):
+        due = start + i / rate
+        while time.perf_counter() < due:
+            waiter.pump(max(0.0, min(0.01, due - time.perf_counter())))
+        rid = f"rate-{uuid.uuid4()}"
+        req = client.build_request(
+            request_id=rid, prompt="bench", sql=SQL, model="bench", token=token,
+            target=Target(profile="analytics"), context=ClientContext(),
+        )  # fmt: skip
+        publisher.producer.produce(
+            f"{p.prefix}.requests", value=publisher.codec.encode(req), key=rid.encode()
+        )
+        publisher.producer.poll(0)
+        sent[rid] = time.perf_counter()
+    publisher.producer.flush(30)
+    produced_in = time.perf_counter() - start
+    deadline = time.perf_counter() + max(120.0, seconds * 3)
+    while len([r for r in sent if r in waiter.done]) < total and time.perf_counter() < deadline:
+        waiter.pump(0.2)
+    finished = [waiter.done[r] for r in sent if r in waiter.done]
+    completed = sum(1 for _, kind in finished if kind == "QueryCompleted")
+    last = max((t for t, _ in finished), default=start)
+    print(
+        f"sustained: offered {total} at {rate:g}/s over {produced_in:.1f}s; outcomes {len(finished)}/{total} "
+        f"(completed {completed}), lost {total - len(finished)}; end-to-end throughput "
+        f"{len(finished) / max(1e-9, last - start):.1f}/s"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    ap.add_argument("--skip-rate", action="store_true")
+    args = ap.parse_args()
+
+    from pipeline_harness import Pipeline, new_prefix
+
+    from infra.fakesnow_server import ACCOUNT, PASSWORD, USER, FakesnowServer, connect_kwargs
+    from infra.seed import seed
+    from infra.topics import create_topics
+    from querytrail.settings import SnowflakeProfile
+
+    home = Path(tempfile.mkdtemp(prefix="qt-bench-"))
+    broker = None
+    fakesnow = FakesnowServer(home / "fakesnow", _free())
+    pipeline = None
+    try:
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            from infra.kafka import KafkaBroker
+
+            broker = KafkaBroker(home / "broker", _free(), _free())
+            broker.start(timeout=180)
+            bootstrap = broker.bootstrap
+        fakesnow.start(timeout=60)
+        seed(connect_kwargs(fakesnow.port))
+        profile = SnowflakeProfile(
+            account=ACCOUNT, user=USER, password=PASSWORD, host="127.0.0.1", port=fakesnow.port,
+            protocol="http", database="ANALYTICS", schema="PUBLIC", login_timeout_s=10, network_timeout_s=30,
+        )  # fmt: skip
+        prefix = new_prefix()
+        create_topics(bootstrap, prefix)
+        pipeline = Pipeline(home / "qt", bootstrap, prefix, profile)
+        pipeline.start_all()
+        bench_pipeline(pipeline, 5)  # warm-up: assignments, caches, first connections
+
+        direct_conn, direct_warm = bench_direct(profile, args.n)
+        hop = bench_hop(pipeline.settings, args.n)
+        through = bench_pipeline(pipeline, args.n)
+        print()
+        d50, _ = show("direct (connect+execute+fetch)", direct_conn)
+        show("direct (open connection)", direct_warm)
+        h50, _ = show("one Kafka hop (produce->consume)", hop)
+        p50, _ = show("pipeline (request->completed)", through)
+        floor = HOPS * h50
+        added = p50 - d50
+        print(
+            f"added latency p50 = {added * 1000:.1f} ms = {added / floor:.2f} x ({HOPS} hops x one hop "
+            f"= {floor * 1000:.1f} ms); target <= 2.00"
+        )
+        if not args.skip_rate:
+            bench_rate(pipeline, args.rate, args.seconds)
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+        fakesnow.stop()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
