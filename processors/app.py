@@ -24,15 +24,18 @@ import asyncio
 import base64
 import json
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 
 from processors import approvals
 from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
-from processors.kafka_io import Publisher
+from processors.kafka_io import Publisher, PublishError
 from processors.runtime import WorkerRuntime
 from processors.worker import CredentialError, authorize_approved, decide_request
 from querytrail.settings import Settings
@@ -138,65 +141,88 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
 
         return await asyncio.get_running_loop().run_in_executor(loop_exec, run)
 
+    async def guarded(handler: Callable[[Any], Awaitable[None]], event: Any) -> None:
+        """Outputs not acknowledged: exit before the offset is committed (redelivered on restart).
+        Any other failure: the record goes to the dead-letter topic, never silently dropped."""
+        try:
+            await handler(event)
+        except (PublishError, KafkaException) as exc:
+            log.critical("cannot publish, stopping so the input is redelivered: %s", exc)
+            os._exit(70)
+        except Exception as exc:
+            log.exception("processing failed; dead-lettering the record")
+            try:
+                await dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.critical("cannot dead-letter either; stopping")
+                os._exit(70)
+
+    async def handle_request(event: Any) -> None:
+        try:
+            request = codec.decode(event.value)
+        except DecodeError as exc:
+            await dead_letter(event, "undecodable", str(exc))
+            return
+        if not isinstance(request, QueryRequested):
+            await dead_letter(event, "unexpected_event", f"{request.event_type} on requests")
+            return
+        rid = request.request_id
+        key = rid.encode()
+        if seen_table.get(key) is not None:
+            log.info("duplicate request ignored", extra={"request_id": rid})
+            return
+        identity = await check(rid, request.credential, sql=request.sql)
+        policy, catalog = rt.policy, rt.catalog
+        now = utcnow()
+        outputs = decide_request(request, identity, policy, catalog, now, rt.config, cache)
+        # publish first: a crash in between duplicates (consumers dedupe), never loses
+        await publish(outputs)
+        if any(o.event_type == "ApprovalRequested" for o in outputs):
+            state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
+        seen_table[key] = b"1"
+        log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+
+    async def handle_verdict(event: Any) -> None:
+        try:
+            verdict = codec.decode(event.value)
+        except DecodeError as exc:
+            await dead_letter(event, "undecodable", str(exc))
+            return
+        if not isinstance(verdict, ApprovalVerdict):
+            await dead_letter(event, "unexpected_event", f"{verdict.event_type} on approvals")
+            return
+        rid = verdict.request_id
+        key = rid.encode()
+        history = load_history(codec, state_table.get(key))
+        state = _fold(history)
+        if state is not None and verdict.event_id in state.judged:
+            log.info("duplicate verdict ignored", extra={"request_id": rid})
+            return
+        who = await check(rid, verdict.credential, sql_sha256=verdict.statement_sha256)
+        approver = who if isinstance(who, VerifiedIdentity) else None
+        error = who.code if isinstance(who, CredentialError) else None
+        outputs = approvals.decide(
+            verdict,
+            state,
+            utcnow(),
+            approver=approver,
+            credential_error=error,
+            authorize=lambda s, now: authorize_approved(s, now, rt.config, rt.policy.max_result_rows),
+        )
+        await publish(outputs)  # before the state: a verdict judged but unpublished is judged again
+        if state is not None and outputs:
+            state_table[key] = dump_history(codec, history + outputs)
+        log.info("verdict judged: %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+
     @app.agent(requests_topic)
     async def on_requests(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                request = codec.decode(event.value)
-            except DecodeError as exc:
-                await dead_letter(event, "undecodable", str(exc))
-                continue
-            if not isinstance(request, QueryRequested):
-                await dead_letter(event, "unexpected_event", f"{request.event_type} on requests")
-                continue
-            rid = request.request_id
-            key = rid.encode()
-            if seen_table.get(key) is not None:
-                log.info("duplicate request ignored", extra={"request_id": rid})
-                continue
-            identity = await check(rid, request.credential, sql=request.sql)
-            policy, catalog = rt.policy, rt.catalog
-            now = utcnow()
-            outputs = decide_request(request, identity, policy, catalog, now, rt.config, cache)
-            if any(o.event_type == "ApprovalRequested" for o in outputs):
-                state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
-            await publish(outputs)
-            seen_table[key] = b"1"
-            log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+            await guarded(handle_request, event)
 
     @app.agent(verdicts_topic)
     async def on_verdicts(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                verdict = codec.decode(event.value)
-            except DecodeError as exc:
-                await dead_letter(event, "undecodable", str(exc))
-                continue
-            if not isinstance(verdict, ApprovalVerdict):
-                await dead_letter(event, "unexpected_event", f"{verdict.event_type} on approvals")
-                continue
-            rid = verdict.request_id
-            key = rid.encode()
-            history = load_history(codec, state_table.get(key))
-            state = _fold(history)
-            if state is not None and verdict.event_id in state.judged:
-                log.info("duplicate verdict ignored", extra={"request_id": rid})
-                continue
-            who = await check(rid, verdict.credential, sql_sha256=verdict.statement_sha256)
-            approver = who if isinstance(who, VerifiedIdentity) else None
-            error = who.code if isinstance(who, CredentialError) else None
-            outputs = approvals.decide(
-                verdict,
-                state,
-                utcnow(),
-                approver=approver,
-                credential_error=error,
-                authorize=lambda s, now: authorize_approved(s, now, rt.config, rt.policy.max_result_rows),
-            )
-            if state is not None and outputs:
-                state_table[key] = dump_history(codec, history + outputs)
-            await publish(outputs)
-            log.info("verdict judged: %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
+            await guarded(handle_verdict, event)
 
     @app.timer(interval=settings.worker.expiry_check_s)
     async def expire_approvals() -> None:
@@ -213,17 +239,22 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
                 continue
             outputs = approvals.expire(state, now)
             if outputs:
+                try:
+                    await publish(outputs)
+                except (PublishError, KafkaException) as exc:
+                    log.critical("cannot publish an expiry, stopping: %s", exc)
+                    os._exit(70)
                 state_table[key] = dump_history(codec, history + outputs)
-                await publish(outputs)
                 log.info("approval expired", extra={"request_id": state.request_id})
 
     @app.timer(interval=settings.worker.policy_reload_s)
     async def reload_policy() -> None:
         await asyncio.get_running_loop().run_in_executor(loop_exec, rt.maybe_reload_policy)
 
-    @app.timer(interval=settings.worker.catalog_reload_s)
+    @app.timer(interval=min(2.0, settings.worker.catalog_reload_s))
     async def reload_catalog() -> None:
-        await asyncio.get_running_loop().run_in_executor(loop_exec, rt.maybe_reload_catalog)
+        # often while the catalog is empty (the executor publishes it after start), then slowly
+        await asyncio.get_running_loop().run_in_executor(loop_exec, rt.reload_catalog_if_due)
 
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class WorkerRuntime:
         self._policy: Policy | None = None
         self._policy_digest: str | None = None
         self._catalog = Catalog.from_tables(())
+        self._catalog_loaded_at = 0.0
         self.checker: Any = None
         self.config: Any = None
 
@@ -143,9 +145,16 @@ class WorkerRuntime:
         log.info("policy %s loaded (sha256 %s, was %s)", self.policy_path, policy.sha256, old)
         return True
 
+    def reload_catalog_if_due(self) -> None:
+        """Reload when the catalog is empty or ``catalog_reload_s`` passed since the last load."""
+        due = time.monotonic() - self._catalog_loaded_at >= self.settings.worker.catalog_reload_s
+        if due or not self._catalog.tables:
+            self.maybe_reload_catalog()
+
     def maybe_reload_catalog(self) -> None:
         """The static catalog file when configured, else the compacted catalog topic."""
         s = self.settings
+        self._catalog_loaded_at = time.monotonic()
         try:
             if s.catalog_path is not None:
                 catalog = Catalog.load(s.catalog_path)
