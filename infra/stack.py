@@ -92,7 +92,13 @@ PREPARE: list[Callable[[Settings], None]] = []
 SERVICES: list[Service] = [
     Service("worker", lambda s: cli("worker")),  # pipeline helper: the faust processors
     Service("executor", lambda s: cli("executor")),  # pipeline helper: the only Snowflake credential holder
-    # Service("worker", lambda s: cli("worker")),
+    Service("sink", lambda s: cli("sink")),  # the Iceberg audit log writer
+    Service(
+        "ingress",
+        lambda s: cli("ingress"),
+        health=lambda s: http_ok(f"http://{s.ingress.host}:{s.ingress.port}/healthz"),
+        endpoint=lambda s: f"http://{s.ingress.host}:{s.ingress.port}",
+    ),
 ]
 
 
