@@ -139,7 +139,7 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     )
     counts: dict[str, int] = {}
     producer = threading.Thread(
-        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 500, 0.25)),
+        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 250, 0.3)),
         daemon=True,
     )
     producer.start()
@@ -147,8 +147,11 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     log = tmp_path / "sink.log"
     kills, progress = 0, []
     for _ in range(5):
+        before = wait_rows(settings, total + 1, timeout=0.1)
         proc = _spawn(settings, log)
-        time.sleep(rng.uniform(2.0, 4.5))  # startup plus a random slice of work
+        # wait until this incarnation commits, then kill it at a random point of its work
+        wait_rows(settings, before + 1, timeout=60)
+        time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
