@@ -25,6 +25,7 @@ import base64
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -179,7 +180,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         await publish(outputs)
         if any(o.event_type == "ApprovalRequested" for o in outputs):
             state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
-        seen_table[key] = b"1"
+        seen_table[key] = str(int(time.time())).encode()  # when: pruned after the retention
         log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
 
     async def handle_verdict(event: Any) -> None:
@@ -246,6 +247,14 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
                     os._exit(70)
                 state_table[key] = dump_history(codec, history + outputs)
                 log.info("approval expired", extra={"request_id": state.request_id})
+
+    @app.timer(interval=60.0)
+    async def prune_seen() -> None:
+        """Bound the dedupe table: a request id older than the retention will not be redelivered."""
+        horizon = time.time() - settings.worker.resolved_retention_s
+        for key, value in list(seen_table.items()):
+            if value and value.isdigit() and int(value) < horizon:
+                del seen_table[key]
 
     @app.timer(interval=settings.worker.policy_reload_s)
     async def reload_policy() -> None:
