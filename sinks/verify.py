@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def _check_heads(
     uuid: str,
     heads: dict[str, Head],
     origin: str,
-    since_floor: dict[str, int],
+    since_floor: dict[str, int] | None,
     current: bool,
 ) -> bool:
     """Signed heads against the recomputed chains; True when all hold."""
@@ -201,8 +201,8 @@ def _check_heads(
             report.problems.append(Problem("signature", origin, f"bad signature on the head of {tp}"))
             ok = False
             continue
-        if head.offset < since_floor.get(tp, -1):
-            continue
+        if since_floor is not None and head.offset < since_floor.get(tp, 1 << 62):
+            continue  # --since: before the first row checked (or no rows of it in range)
         got = report.chains.get(tp, {}).get(head.offset)
         if got is None:
             last = max(report.chains.get(tp, {}) or [-1])
@@ -265,11 +265,10 @@ def verify_table(
 
     tbl.refresh()
     uuid = str(tbl.metadata.table_uuid)
-    scan = tbl.scan(row_filter=f"occurred_at >= '{since.isoformat()}'") if since else tbl.scan()
-    report = verify_rows(scan.to_arrow(), decode, anchored=since is None)
-    since_floor = {tp: min(c) for tp, c in report.chains.items() if c} if since else {}
-    if since:  # partitions with no rows in range: nothing to compare their heads with
-        since_floor = {tp: since_floor.get(tp, 1 << 62) for tp in since_floor}
+    rows = _rows_since(tbl, since) if since else tbl.scan().to_arrow()
+    report = verify_rows(rows, decode, anchored=since is None)
+    # with --since, heads are checked from the first row in range on
+    since_floor = {tp: min(c) for tp, c in report.chains.items() if c} if since else None
     current = tbl.current_snapshot()
     snapshots = list(tbl.metadata.snapshots)
     report.snapshots = len(snapshots)
@@ -299,7 +298,7 @@ def verify_table(
             uuid,
             state.heads,
             origin,
-            _floor(since, since_floor),
+            since_floor,
             snap.snapshot_id == current.snapshot_id,
         )
     if witness is not None:
@@ -313,12 +312,30 @@ def verify_table(
                 report.problems.append(
                     Problem("expired", origin, "the sink wrote this snapshot but the table no longer has it")
                 )
-            _check_heads(report, verifier, uuid, heads, origin, _floor(since, since_floor), False)
+            _check_heads(report, verifier, uuid, heads, origin, since_floor, False)
     return report
 
 
-def _floor(since: datetime | None, floors: dict[str, int]) -> dict[str, int]:
-    return floors if since else {}
+def _rows_since(tbl: Any, since: datetime) -> pa.Table:
+    """Each chain from its first row that occurred at or after ``since``, without gaps.
+
+    Events of one partition are not ordered by ``occurred_at`` (producers' clocks differ), so a
+    plain filter would cut holes into chains; the day before ``since`` is read to fill them.
+    """
+    import pyarrow.compute as pc
+
+    rows = tbl.scan(row_filter=f"occurred_at >= '{(since - timedelta(days=1)).isoformat()}'").to_arrow()
+    recent = rows.filter(
+        pc.greater_equal(rows["occurred_at"], pa.scalar(since, rows.schema.field("occurred_at").type))
+    )
+    first: dict[tuple[str, int], int] = {}
+    for t, p, o in zip(*(recent[c].to_pylist() for c in ("topic", "partition", "offset")), strict=True):
+        first[(t, p)] = min(o, first.get((t, p), o))
+    keep = [
+        (t, p) in first and o >= first[(t, p)]
+        for t, p, o in zip(*(rows[c].to_pylist() for c in ("topic", "partition", "offset")), strict=True)
+    ]
+    return rows.filter(pa.array(keep, type=pa.bool_()))
 
 
 def _lineage(tbl: Any, snapshot_id: int) -> set[int]:

@@ -250,3 +250,29 @@ def test_verify_since_checks_only_recent_rows(settings: Settings) -> None:
     report = verify(settings, since=DAY)
     assert report.ok, report.problems
     assert report.rows == len(scenario())
+
+
+def test_verify_since_keeps_chains_whole_when_clocks_disagree(tmp_path: Path) -> None:
+    """A late event (older occurred_at) in the middle of a partition is not mistaken for a gap."""
+    from datetime import timedelta
+
+    from schemas import events as ev
+
+    from .scenario import DAY
+
+    s = local_settings(tmp_path / "home")
+    events = scenario()
+    late = ev.ResultPage(
+        event_id=ev.new_event_id(),
+        request_id="plain",
+        occurred_at=DAY - timedelta(hours=1),
+        producer=ev.producer("slow-clock"),
+        page=9,
+        rows_json="[]",
+        row_offset=0,
+        last=True,
+    )
+    write_events(make_sink(s), [*events[:20], late, *events[20:]], partitions=1)
+    report = verify(s, since=DAY)
+    assert report.ok, report.problems
+    assert report.rows == len(events) + 1
