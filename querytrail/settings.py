@@ -222,6 +222,7 @@ class Settings(BaseSettings):
     token_sealing_key_path: Path | None = None  # X25519 private key, read only by the worker
     ingress_signing_key_path: Path | None = None  # Ed25519, read only by the HTTP ingress
     metrics_port_base: int = 9300
+    metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 inside a container
 
     @model_validator(mode="after")
     def _no_dev_issuer_in_production(self) -> Settings:
