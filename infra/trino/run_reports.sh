@@ -4,14 +4,14 @@
 #
 #   infra/trino/run_reports.sh [QUERYTRAIL_HOME]      (default: $QUERYTRAIL_HOME or ~/.querytrail)
 #
-# Env: TRINO_VERSION (default 478), JAVA25_HOME (default: the temurin 25 under /usr/lib/jvm),
+# Env: TRINO_VERSION (default 476, the newest on Maven Central when written), JAVA25_HOME (default: the temurin 25 under /usr/lib/jvm),
 #      TRINO_PORT (default 18085), QT_CACHE (default ~/.querytrail/cache).
 # Downloads trino-server and trino-cli from Maven Central once into the cache.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 QT_HOME="${1:-${QUERYTRAIL_HOME:-$HOME/.querytrail}}"
-VERSION="${TRINO_VERSION:-478}"
+VERSION="${TRINO_VERSION:-476}"
 PORT="${TRINO_PORT:-18085}"
 CACHE="${QT_CACHE:-$HOME/.querytrail/cache}/trino-$VERSION"
 JAVA25_HOME="${JAVA25_HOME:-$(ls -d /usr/lib/jvm/temurin-25* 2>/dev/null | head -1)}"
