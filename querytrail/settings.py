@@ -165,7 +165,6 @@ class ExecutorSettings(_Frozen):
     catalog_refresh_s: float = 300.0
     authorization_max_age_s: float = 900.0
     concurrency: int = 8  # statements run in parallel (each request still runs at most once)
-    concurrency: int = 8  # statements run in parallel (each request still runs at most once)
 
 
 class WorkerSettings(_Frozen):
