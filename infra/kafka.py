@@ -4,12 +4,15 @@ The jars come from Maven Central through ``infra/pom.xml`` (``mvn dependency:cop
 into a cache under the querytrail home, once per version; the broker then runs on the machine's
 Java 17 with its storage, config and log under ``home/kafka``.
 
-Version pin (KAFKA_VERSION): 4.4.0, the newest 4.x on Maven Central when this was written. It was
-checked against the Python clients we ship: aiokafka 0.14 (faust-streaming 0.15.3's client)
-produces idempotently and transactionally, joins a consumer group and commits against it, and
-confluent-kafka 2.16 likewise (tests/infra). Kafka 4.0 removed the pre-2.1 protocol versions
-(KIP-896); aiokafka >= 0.12 negotiates versions the 4.x broker still serves, so no older broker
-is needed. Bump only after tests/infra passes on the new version.
+Version pin (KAFKA_VERSION): 4.4.0, the newest 4.x on Maven Central when this was written,
+checked against the Python clients we ship (tests/infra): aiokafka 0.14 (faust-streaming 0.15.3's
+client) and faust's own producer produce idempotently and transactionally, join a group and
+commit; confluent-kafka 2.16 likewise; both put a key in the same murmur2 partition. Kafka 4.0
+removed the pre-2.1 protocol versions (KIP-896), and aiokafka before 0.13 bootstrapped with a
+fixed old Metadata version the 4.x broker answers by closing the connection (aio-libs/aiokafka
+#1085); 0.13 moved to negotiating versions from ApiVersions (its ``api_version`` argument was
+deprecated then), so aiokafka >= 0.13 is required, not an older broker. Bump only after
+tests/infra passes on the new version.
 """
 
 from __future__ import annotations

@@ -54,6 +54,32 @@ def jar_cache() -> Path:
     return Path(os.environ.get("QUERYTRAIL_JAR_CACHE", str(Path.home() / ".querytrail" / "cache")))
 
 
+def start_broker(home: Path, heap: str = "-Xms128m -Xmx512m") -> Any:
+    """A started ``KafkaBroker`` on free ports under ``home``, owned by this test process.
+
+    A free port can be taken by another process between choosing it and the broker binding it;
+    the broker then exits at once (BrokerDiedError, "Address already in use"): retry on new ports.
+    """
+    from infra.kafka import BrokerDiedError, KafkaBroker, PortInUseError
+
+    for attempt in range(3):
+        broker = KafkaBroker(
+            home / f"broker{attempt}",
+            free_port(),
+            free_port(),
+            jar_cache=jar_cache(),
+            heap=heap,
+            owned_by_caller=True,
+        )
+        try:
+            broker.start(timeout=120)
+            return broker
+        except (PortInUseError, BrokerDiedError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def qt_session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The querytrail home of this test session's services."""
@@ -66,23 +92,7 @@ def kafka_bootstrap(qt_session_home: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    from infra.kafka import KafkaBroker, PortInUseError
-
-    for attempt in range(3):  # a free port can be taken between choosing and binding it
-        broker = KafkaBroker(
-            qt_session_home / f"broker{attempt}",
-            free_port(),
-            free_port(),
-            jar_cache=jar_cache(),
-            heap="-Xms128m -Xmx768m",
-            owned_by_caller=True,
-        )
-        try:
-            broker.start(timeout=120)
-            break
-        except PortInUseError:
-            if attempt == 2:
-                raise
+    broker = start_broker(qt_session_home, heap="-Xms128m -Xmx768m")
     atexit.register(broker.stop)
     try:
         yield broker.bootstrap
@@ -94,7 +104,7 @@ def kafka_bootstrap(qt_session_home: Path) -> Iterator[str]:
 def fakesnow_server(qt_session_home: Path) -> Iterator[Any]:
     """The running, seeded ``infra.fakesnow_server.FakesnowServer``."""
     from infra.fakesnow_server import FakesnowServer, connect_kwargs
-    from infra.kafka import PortInUseError
+    from infra.kafka import BrokerDiedError, PortInUseError
     from infra.seed import seed
 
     for attempt in range(3):
@@ -102,7 +112,7 @@ def fakesnow_server(qt_session_home: Path) -> Iterator[Any]:
         try:
             server.start(timeout=60)
             break
-        except PortInUseError:
+        except (PortInUseError, BrokerDiedError):
             if attempt == 2:
                 raise
     atexit.register(server.stop)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import TopicPartition as CTopicPartition
-from conftest import free_port, jar_cache
+from conftest import free_port, jar_cache, start_broker
 
 import infra.kafka
 from infra.clients import KafkaUnavailableError, make_consumer, make_producer, poll_messages, produce_sync
@@ -29,15 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(
-        tmp_path / "home",
-        free_port(),
-        free_port(),
-        jar_cache=jar_cache(),
-        heap="-Xms128m -Xmx512m",
-        owned_by_caller=True,
-    )
-    broker.start(timeout=120)
+    broker = start_broker(tmp_path)
     try:
         yield broker
     finally:

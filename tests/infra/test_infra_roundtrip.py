@@ -172,3 +172,43 @@ def test_faust_producer_round_trip_same_partitions(kafka_bootstrap: str, topic_p
     assert sorted(codec.decode(m.value()).event_id for m in messages) == sorted(
         e.event_id for e in by_key.values()
     )
+
+
+def test_aiokafka_transactions_and_consumer_group(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """What faust needs beyond plain produce: a transactional producer, a group join and a commit."""
+    topic = TOPICS["requests"].name(topic_prefix)
+    group = f"g-{uuid.uuid4()}"
+
+    async def run() -> tuple[list[bytes], int | None]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4()}")
+        await producer.start()
+        try:
+            async with asyncio.timeout(30), producer.transaction():
+                for i in range(3):
+                    await producer.send(topic, f"v{i}".encode(), key=f"req-{i}".encode())
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            values: list[bytes] = []
+            async with asyncio.timeout(60):
+                while len(values) < 3:
+                    for records in (await consumer.getmany(timeout_ms=500)).values():
+                        values += [r.value for r in records]
+                await consumer.commit()
+                committed = [await consumer.committed(tp) for tp in consumer.assignment()]
+        finally:
+            await consumer.stop()
+        return sorted(values), sum(c or 0 for c in committed)
+
+    values, committed_total = asyncio.run(run())
+    assert values == [b"v0", b"v1", b"v2"]
+    assert committed_total >= 3  # offsets committed past the records (and their commit markers)
