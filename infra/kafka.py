@@ -6,8 +6,9 @@ Java 17 with its storage, config and log under ``home/kafka``.
 
 Version pin (KAFKA_VERSION): 4.4.0, the newest 4.x on Maven Central when this was written,
 checked against the Python clients we ship (tests/infra): aiokafka 0.14 (faust-streaming 0.15.3's
-client) and faust's own producer produce idempotently and transactionally, join a group and
-commit; confluent-kafka 2.16 likewise; both put a key in the same murmur2 partition. Kafka 4.0
+client) produces idempotently and transactionally, joins a group and commits; faust's producer
+and confluent-kafka 2.16 (idempotent, acks=all) produce and consume every event type; all put
+a key in the same murmur2 partition. Kafka 4.0
 removed the pre-2.1 protocol versions (KIP-896), and aiokafka before 0.13 bootstrapped with a
 fixed old Metadata version the 4.x broker answers by closing the connection (aio-libs/aiokafka
 #1085); 0.13 moved to negotiating versions from ApiVersions (its ``api_version`` argument was
