@@ -45,8 +45,8 @@ status: $(STAMP) ## what the local stack runs
 smoke: $(STAMP) ## check the running stack end to end
 	$(QT) smoke
 
-demo: up ## start the stack and run the demo (the smoke check until `querytrail demo` exists)
-	@if $(PY) -c 'import querytrail.demo' 2>/dev/null; then $(QT) demo; else $(QT) smoke; fi
+demo: $(STAMP) ## start the local stack if needed (with the demo's settings) and play the demo
+	$(QT) demo
 
 bench: $(STAMP) ## codec benchmark: Avro encode+decode next to json
 	$(PY) bench/codec.py
