@@ -35,12 +35,12 @@ for f in config.properties jvm.config node.properties catalog/iceberg.properties
   sed -e "s#@HOME@#$QT_HOME#g" -e "s#@PORT@#$PORT#g" -e "s#@DATA@#$RUN/data#g" "$HERE/etc/$f" > "$RUN/etc/$f"
 done
 JAVA_HOME="$JAVA25_HOME" PATH="$JAVA25_HOME/bin:$PATH" "$SERVER/bin/launcher" --etc-dir "$RUN/etc" --data-dir "$RUN/data" start
-trap 'JAVA_HOME="$JAVA25_HOME" PATH="$JAVA25_HOME/bin:$PATH" "$SERVER/bin/launcher" --etc-dir "$RUN/etc" --data-dir "$RUN/data" stop >/dev/null' EXIT
+trap 'JAVA_HOME="$JAVA25_HOME" PATH="$JAVA25_HOME/bin:$PATH" "$SERVER/bin/launcher" --etc-dir "$RUN/etc" --data-dir "$RUN/data" stop >/dev/null; rm -rf "$RUN"' EXIT
 for _ in $(seq 1 120); do
   curl -fs "http://127.0.0.1:$PORT/v1/info" | grep -q '"starting":false' && break
   sleep 1
 done
-CLI=("$JAVA25_HOME/bin/java" -jar "$CACHE/trino-cli" --server "127.0.0.1:$PORT" --output-format ALIGNED)
+CLI=("$JAVA25_HOME/bin/java" --enable-native-access=ALL-UNNAMED -jar "$CACHE/trino-cli" --server "127.0.0.1:$PORT" --output-format ALIGNED)
 for report in pii-exposure privileged-access costly-scans; do
   echo "== $report"
   sql="$(sed -e "s/{{since}}/TIMESTAMP '1970-01-01 00:00:00 UTC'/g" -e "s/{{until}}/TIMESTAMP '9999-01-01 00:00:00 UTC'/g" \
