@@ -224,3 +224,20 @@ def test_invalid_policy_is_refused_and_the_last_valid_one_kept(pipeline: Pipelin
         assert outcome.status == "completed"
     finally:
         pipeline.policy_path.write_text(good)
+
+
+def test_one_denial_denies(pipeline: Pipeline) -> None:
+    token = pipeline.token("ci-bot", ("ci",))
+    first = pipeline.submit(PRIVILEGED, token, wait=8)
+    assert first.status == "awaiting_approval"
+    rid = first.request_id
+    no_comment = pipeline.cli("deny", rid, "--token", pipeline.token("bob", ("data-security",)))
+    assert no_comment.returncode == 2  # a denial must say why
+    bob = pipeline.cli(
+        "deny", rid, "--token", pipeline.token("bob", ("data-security",)), "--comment", "not today"
+    )
+    assert bob.returncode == 0 and "accepted" in bob.stdout, bob.stdout + bob.stderr
+    rejected = wait_for(pipeline, "results", lambda e: isinstance(e, QueryRejected) and e.request_id == rid)
+    assert (rejected[0].stage, rejected[0].reason_code) == ("approval", "approval_denied")
+    assert "bob" in rejected[0].reason
+    assert not [e for e in events(pipeline, "executions", rid)]
