@@ -60,9 +60,14 @@ def _settings() -> Any:
 
 
 def _sink(args: argparse.Namespace) -> int:
-    from sinks.consumer import run_sink
+    from querytrail.observability import configure_logging, serve_metrics, start_lag_reporter
+    from sinks.consumer import consumer_config, run_sink
 
-    return run_sink(_settings())
+    settings = _settings()
+    configure_logging("sink", settings.log_level, settings.log_format)
+    serve_metrics("sink", settings.metrics_port_base, settings.metrics_host)
+    start_lag_reporter("sink", settings, str(consumer_config(settings)["group.id"]))
+    return run_sink(settings)
 
 
 def _verify(args: argparse.Namespace) -> int:

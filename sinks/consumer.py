@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from querytrail.observability import SINK_COMMIT_LATENCY
 from querytrail.settings import Settings
 from schemas.topics import topic_names
 from sinks.chain import ensure_keypair, load_signer, tp_key
@@ -119,8 +120,10 @@ class SinkRunner:
             )
 
     def _flush(self) -> bool:
+        started = time.monotonic()
         if not self.sink.flush():
             return False
+        SINK_COMMIT_LATENCY.observe(time.monotonic() - started)
         offsets = [
             TopicPartition(t.topic, t.partition, self.sink.state.offsets[k])
             for t in self.assigned

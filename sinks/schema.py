@@ -9,6 +9,7 @@ only, so ``verify`` can re-derive them from ``avro`` and catch an edited column.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -94,6 +95,7 @@ DERIVED_COLUMNS: tuple[str, ...] = (
     *(name for name, _ in _HOT),
     "payload_json",
 )
+_TEMPLATE: dict[str, Any] = dict.fromkeys(DERIVED_COLUMNS)
 
 
 def _fields() -> list[NestedField]:
@@ -168,87 +170,110 @@ ARROW_SCHEMA = pa.schema(
 )
 
 _IDENTITY_FIELDS = ("identity", "requester", "approver", "reporter")
+_SCALARS = (
+    "decision",
+    "estimated_bytes",
+    "policy_sha256",
+    "statement_sha256",
+    "prompt",
+    "model",
+    "snowflake_query_id",
+    "bytes_scanned",
+    "elapsed_ms",
+    "stage",
+    "reason_code",
+    "outcome",
+    "action",
+    "target_profile",
+)
+_LISTS = ("rules", "tables", "tags", "classifications_touched")
+_CONTEXT = ("repository", "workflow", "run_id", "ci_provider")
 
 
-def _identity(event: Any) -> Any:
-    for name in _IDENTITY_FIELDS:
-        value = getattr(event, name, None)
-        if value is not None:
-            return value
-    credential = getattr(event, "credential", None)
-    return getattr(credential, "attested", None) if credential is not None else None
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Which of the hot-column attributes an event class has (looked up once per class)."""
+
+    names: frozenset[str]
+    scalars: tuple[str, ...]
+    lists: tuple[str, ...]
+    identities: tuple[str, ...]
 
 
-def _codes(items: Any) -> list[str] | None:
-    return None if items is None else [str(getattr(i, "code", i)) for i in items]
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    cached = _PLANS.get(cls)
+    if cached is not None:
+        return cached
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    _PLANS[cls] = plan = _Plan(
+        names=names,
+        scalars=tuple(n for n in _SCALARS if n in names),
+        lists=tuple(n for n in _LISTS if n in names),
+        identities=tuple(n for n in _IDENTITY_FIELDS if n in names),
+    )
+    return plan
 
 
 def derive(event: Any) -> dict[str, Any]:
     """The common and hot columns of one decoded event (no I/O, deterministic)."""
+    plan = _plan(type(event))
+    names = plan.names
     et = event.event_type
-    ident = _identity(event)
-    prod = getattr(event, "producer", None)
-    row: dict[str, Any] = {
-        "event_id": str(event.event_id),
-        "event_type": et,
-        "request_id": event.request_id,
-        "session_id": event.session_id,
-        "occurred_at": event.occurred_at,
-        "producer": None if prod is None else {"component": prod.component, "version": prod.version},
-        "subject": getattr(ident, "subject", None),
-        "issuer": getattr(ident, "issuer", None),
-        "groups": list(ident.groups) if ident is not None else None,
-        "service_account": getattr(ident, "service_account", None),
-        "actor": getattr(ident, "actor", None),
-        "rules": _list(getattr(event, "rules", None)),
-        "tables": _list(getattr(event, "tables", None)),
-        "tags": _list(getattr(event, "tags", None)),
-        "classifications_touched": _list(getattr(event, "classifications_touched", None)),
-        "findings": _codes(getattr(event, "findings", None)),
-        "decision": getattr(event, "decision", None),
-        "estimated_bytes": getattr(event, "estimated_bytes", None),
-        "policy_sha256": getattr(event, "policy_sha256", None),
-        "statement_sha256": getattr(event, "statement_sha256", None),
-        "prompt": getattr(event, "prompt", None),
-        "model": getattr(event, "model", None),
-        "snowflake_query_id": getattr(event, "snowflake_query_id", None),
-        "bytes_scanned": getattr(event, "bytes_scanned", None),
-        "elapsed_ms": getattr(event, "elapsed_ms", None),
-        "stage": getattr(event, "stage", None),
-        "reason_code": getattr(event, "reason_code", None),
-        "outcome": getattr(event, "outcome", None),
-        "action": getattr(event, "action", None),
-        "target_profile": getattr(event, "target_profile", None),
-    }
-    sql = getattr(event, "sql_text", None) or getattr(event, "sql", None)
+    prod = event.producer
+    row = dict(_TEMPLATE)
+    row["event_id"] = str(event.event_id)
+    row["event_type"] = et
+    row["request_id"] = event.request_id
+    row["session_id"] = event.session_id
+    row["occurred_at"] = event.occurred_at
+    row["producer"] = None if prod is None else {"component": prod.component, "version": prod.version}
+    ident = None
+    for name in plan.identities:
+        ident = getattr(event, name)
+        if ident is not None:
+            break
+    if ident is None and "credential" in names and event.credential is not None:
+        ident = event.credential.attested
+    if ident is not None:
+        row["subject"], row["issuer"], row["groups"] = ident.subject, ident.issuer, list(ident.groups)
+        row["service_account"], row["actor"] = ident.service_account, ident.actor
+    for name in plan.scalars:
+        row[name] = getattr(event, name)
+    for name in plan.lists:
+        value = getattr(event, name)
+        row[name] = None if value is None else [str(v) for v in value]
+    if "findings" in names:
+        row["findings"] = [f.code for f in event.findings]
+    sql = event.sql_text if "sql_text" in names else event.sql if "sql" in names else None
     row["sql_text"] = sql if isinstance(sql, str) else None
     # ``statement`` is the statement kind on PolicyDecided but the SQL to run on the others.
-    stmt = getattr(event, "statement", None)
-    if et == "PolicyDecided":
-        row["statement"], row["rewritten_sql"] = stmt, event.rewritten_sql
-    else:
-        row["statement"], row["rewritten_sql"] = None, stmt
-    verdict = getattr(event, "verdict", None)
-    row["verdict"] = None if verdict is None else str(getattr(verdict, "value", verdict))
-    plan = getattr(event, "masked_columns", None)
-    row["masked_columns"] = None if plan is None else [m.output for m in plan]
-    row["unmasked_classified"] = None
+    if "statement" in names:
+        if et == "PolicyDecided":
+            row["statement"], row["rewritten_sql"] = event.statement, event.rewritten_sql
+        else:
+            row["rewritten_sql"] = event.statement
+    if "verdict" in names and event.verdict is not None:
+        row["verdict"] = str(getattr(event.verdict, "value", event.verdict))
+    if "masked_columns" in names:
+        row["masked_columns"] = [m.output for m in event.masked_columns]
     if et == "QueryCompleted":
         row["rows_returned"] = event.row_count
         row["masked_columns"] = [c.name for c in event.columns if c.masked]
         row["unmasked_classified"] = [c.name for c in event.columns if c.classification and not c.masked]
         row["detector_hits"] = [f"{h.column}:{h.detector}:{h.count}" for h in event.detector_hits]
-    else:
-        row["rows_returned"] = getattr(event, "row_count", None) if et == "DownstreamActionReported" else None
-        row["detector_hits"] = None
-    target = getattr(event, "target", None)
-    if target is not None and row["target_profile"] is None:
-        row["target_profile"] = target.profile
-    ctx = getattr(event, "context", None)
-    for name in ("repository", "workflow", "run_id", "ci_provider"):
-        row[name] = getattr(ctx, name, None) if ctx is not None else None
-    if ctx is not None and row["actor"] is None:
-        row["actor"] = ctx.actor
+    elif et == "DownstreamActionReported":
+        row["rows_returned"] = event.row_count
+    if "target" in names and row["target_profile"] is None and event.target is not None:
+        row["target_profile"] = event.target.profile
+    if "context" in names and event.context is not None:
+        ctx = event.context
+        for name in _CONTEXT:
+            row[name] = getattr(ctx, name)
+        if row["actor"] is None:
+            row["actor"] = ctx.actor
     row["payload_json"] = payload_json(event)
     return row
 
