@@ -38,7 +38,8 @@ from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
 from processors.kafka_io import Publisher, PublishError
 from processors.runtime import WorkerRuntime
-from processors.worker import CredentialError, authorize_approved, decide_request
+from processors.worker import CredentialError, approval_satisfied, authorize_approved, decide_request
+from querytrail.observability import logging_config
 from querytrail.settings import Settings
 from schemas.codec import DecodeError, EventCodec
 from schemas.events import (
@@ -209,6 +210,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
             approver=approver,
             credential_error=error,
             authorize=lambda s, now: authorize_approved(s, now, rt.config, rt.policy.max_result_rows),
+            satisfied=approval_satisfied(rt.policy),
         )
         await publish(outputs)  # before the state: a verdict judged but unpublished is judged again
         if state is not None and outputs:
@@ -274,6 +276,8 @@ def main(settings: Settings, loglevel: str = "info") -> int:
     runtime.load()
     (settings.home / "worker" / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings, runtime)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # faust replaces the root logger's handlers: hand it ours (JSON lines with request ids)
+    logs = logging_config("worker", loglevel, settings.log_format)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=logs)
     worker.execute_from_commandline()
     return 0

@@ -35,13 +35,24 @@ from schemas.events import (
     producer,
 )
 
-__all__ = ["PENDING", "ApprovalState", "Authorize", "decide", "evolve", "expire", "identity_key"]
+__all__ = [
+    "PENDING",
+    "ApprovalState",
+    "Authorize",
+    "Satisfied",
+    "decide",
+    "evolve",
+    "expire",
+    "identity_key",
+]
 
 PENDING = "pending"
 _REQUESTED = "requested"  # QueryRequested seen, no approval asked (yet)
 
 #: Builds the signed ExecutionAuthorized once an approval completes: (state, now) -> event.
 Authorize = Callable[["ApprovalState", datetime], ExecutionAuthorized]
+#: Whether the accepted approvers meet the rule(s); default: ``min_approvals`` distinct ones.
+Satisfied = Callable[["ApprovalState"], bool]
 
 
 def identity_key(identity: VerifiedIdentity) -> str:
@@ -184,6 +195,7 @@ def decide(
     approver: VerifiedIdentity | None,
     credential_error: str | None,
     authorize: Authorize,
+    satisfied: Satisfied | None = None,
 ) -> list[Event]:
     """Judge one verdict. ``approver`` is the verified identity (None when verification failed,
     with ``credential_error`` saying why)."""
@@ -211,7 +223,10 @@ def decide(
     recorded = _recorded(verdict, now, True, "approved", approver)
     after = evolve(state, recorded)
     assert after is not None
-    if len(after.approvers) < state.min_approvals:
+    # Several require_approval rules combine strictly (each its own groups and count): the
+    # caller's ``satisfied`` knows them; the event alone carries only their union.
+    done = satisfied(after) if satisfied is not None else len(after.approvers) >= state.min_approvals
+    if not done:
         return [recorded]
     reason = f"approved by {', '.join(a.subject for a in after.approvers)}"
     return [recorded, *_close(after, now, "approved", reason), authorize(after, now)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from processors.authz import Signer, make_authorization, statement_sha256
 from processors.catalog import Catalog
 from processors.decide import Decision, DecisionCache
 from processors.decide import decide_request as evaluate_request
-from processors.policy import IdentityClaims, Policy
+from processors.policy import ApprovalRequirement, ApprovalRule, IdentityClaims, Policy
 from schemas.events import (
     ApprovalRequested,
     Credential,
@@ -41,6 +42,7 @@ __all__ = [
     "CredentialChecker",
     "CredentialError",
     "WorkerConfig",
+    "approval_satisfied",
     "authorize_approved",
     "decide_request",
     "identity_claims",
@@ -234,6 +236,31 @@ def authorize_approved(
         now=now,
         ttl_s=config.authorization_ttl_s,
     )
+
+
+def approval_satisfied(policy: Policy) -> Callable[[ApprovalState], bool]:
+    """The exact test for a pending approval: every combined rule's own groups and count.
+
+    Rules are found by id in the policy in force; one that is gone falls back to what the
+    ApprovalRequested carried (the union of groups and the largest count), never to nothing.
+    """
+    by_id = {r.id: r.approval for r in policy.rules if r.approval is not None}
+
+    def check(state: ApprovalState) -> bool:
+        fallback = ApprovalRequirement(
+            rule_id=state.rule_id,
+            approvers=state.approver_groups,
+            min_approvals=state.min_approvals,
+            ttl_s=0,
+        )
+        found = [by_id.get(rid) for rid in state.rule_id.split("+")]
+        reqs = tuple(r for r in found if r is not None) if all(found) else (fallback,)
+        approvers: dict[str, tuple[str, ...]] = {}
+        for a in state.approvers:
+            approvers.setdefault(f"{a.issuer}\x00{a.subject}", tuple(a.groups))
+        return ApprovalRule(reqs).is_satisfied(approvers) and len(approvers) >= 1
+
+    return check
 
 
 class CredentialChecker:

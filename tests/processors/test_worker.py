@@ -106,3 +106,46 @@ def test_unparseable_and_multi_statement_fail_closed(sql: str) -> None:
     out = decide(sql)
     assert [type(e) for e in out] == [PolicyDecided, QueryRejected]
     assert out[0].decision == "deny"
+
+
+def test_combined_approval_rules_need_each_rules_own_approvers() -> None:
+    """Two require_approval rules match: one approver from either group is not enough."""
+    from processors import approvals
+    from processors.policy import parse_policy
+    from processors.worker import approval_satisfied, authorize_approved
+    from schemas.events import ApprovalVerdict, ExecutionAuthorized
+
+    text = (ROOT / "tests" / "pipeline" / "policy.yaml").read_text()
+    text += (
+        "  - id: platform-too\n"
+        "    when: {tables_tagged: [privileged]}\n"
+        "    then: {require_approval: {approvers: [data-platform], min_approvals: 1, ttl: 10m}}\n"
+    )
+    policy = parse_policy(text)
+    req = request("SELECT USERNAME, ROLE FROM SECURITY.ADMIN.USERS WHERE ROLE = 'ACCOUNTADMIN'")
+    now = utcnow().replace(hour=12)
+    out = decide_request(req, CI, policy, CATALOG, now, CONFIG)
+    asked = out[1]
+    assert isinstance(asked, ApprovalRequested)
+    assert set(asked.approver_groups) == {"data-security", "data-platform"}
+    state = approvals.evolve(approvals.evolve(None, req), asked)
+
+    def verdict_by(sub: str, group: str) -> list:
+        v = ApprovalVerdict(
+            event_id=new_event_id(), request_id=req.request_id, occurred_at=now, producer=producer("cli"),
+            verdict="approve", statement_sha256=asked.statement_sha256, credential=Credential(token_sha256="00"),
+        )  # fmt: skip
+        who = VerifiedIdentity(
+            subject=sub, issuer="https://issuer", groups=(group,), claims_json="{}", token_sha256="0"
+        )
+        return approvals.decide(
+            v, state, now, approver=who, credential_error=None,
+            authorize=lambda s, t: authorize_approved(s, t, CONFIG, 100), satisfied=approval_satisfied(policy),
+        )  # fmt: skip
+
+    first = verdict_by("pat", "data-platform")
+    assert [e.event_type for e in first] == ["ApprovalVerdictRecorded"]  # security has not approved
+    for e in first:
+        state = approvals.evolve(state, e)
+    second = verdict_by("sam", "data-security")
+    assert isinstance(second[-1], ExecutionAuthorized)
