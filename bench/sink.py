@@ -189,12 +189,19 @@ def bench_kafka(settings: Settings, encoded: list[tuple[bytes, bytes, str]]) -> 
         if done >= total:
             break
         time.sleep(0.01)
-    elapsed = time.perf_counter() - started
+    done_at = time.perf_counter()
     stop.set()
     thread.join(60)
-    return _summary(
-        "sink (kafka -> iceberg)", total, elapsed, runner.sink.commit_seconds, runner.sink.files_written
-    ), runner.sink
+    result = _summary(
+        "sink (kafka -> iceberg)",
+        total,
+        done_at - started,
+        runner.sink.commit_seconds,
+        runner.sink.files_written,
+    )
+    if runner.assigned_at is not None:  # without the consumer group join (~3 s initial rebalance delay)
+        result["events_per_s_after_assignment"] = round(total / (done_at - runner.assigned_at))
+    return result, runner.sink
 
 
 def bench_bare(settings: Settings, source_table: Any, batch: int) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class SinkRunner:
         self.sink = build_sink(settings)
         self.consumer = Consumer(consumer_config(settings))
         self.assigned: list[TopicPartition] = []
+        self.assigned_at: float | None = None
         self.paused = False
 
     # rebalance callbacks: position from the table, never from Kafka's committed offsets
@@ -87,6 +88,7 @@ class SinkRunner:
             tp.offset = nxt if nxt is not None else OFFSET_BEGINNING
         consumer.assign(partitions)
         self.assigned = list(partitions)
+        self.assigned_at = time.perf_counter()
         log.info("assigned %s", {tp_key(t.topic, t.partition): t.offset for t in partitions})
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

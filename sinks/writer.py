@@ -132,8 +132,9 @@ class BatchingSink:
         tp = (record.topic, record.partition)
         batch = self._batches.get(tp)
         if batch is None:
-            batch = self._batches[tp] = TPBatch(record.topic, record.partition)
-        if record.offset <= max(batch.last_offset, self.committed_offset(record.topic, record.partition)):
+            floor = self.committed_offset(record.topic, record.partition)
+            batch = self._batches[tp] = TPBatch(record.topic, record.partition, last_offset=floor)
+        if record.offset <= batch.last_offset:
             return  # redelivered after a seek or rebalance: already buffered or stored
         batch.avro_sha.append(hashlib.sha256(record.value).digest())
         batch.last_offset = record.offset
