@@ -44,6 +44,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("--token", help="your bearer token (default: $QUERYTRAIL_TOKEN)")
         p.add_argument("--comment", required=verdict == "deny")
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the judgement")
+        p.add_argument("--statement-sha256", help="the hash `approvals show` printed: refuse if it changed")
         p.set_defaults(func=_verdict, verdict=verdict)
 
 
@@ -186,8 +187,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verdict(args: argparse.Namespace) -> int:
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from infra.clients import make_consumer
     from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
-    from processors.kafka_io import Publisher, read_topic
+    from processors.kafka_io import Publisher
     from schemas.codec import DecodeError, EventCodec
     from schemas.events import (
         ApprovalVerdict,
@@ -197,6 +201,7 @@ def _verdict(args: argparse.Namespace) -> int:
         producer,
         utcnow,
     )
+    from schemas.topics import topic_names
 
     settings = _settings()
     token = args.token or os.environ.get("QUERYTRAIL_TOKEN")
@@ -207,6 +212,9 @@ def _verdict(args: argparse.Namespace) -> int:
     event = asked.get(args.request_id)
     if event is None:
         print(f"querytrail: no approval for {safe(args.request_id)}", file=sys.stderr)
+        return 1
+    if args.statement_sha256 and args.statement_sha256 != event.statement_sha256:
+        print("querytrail: the pending statement is not the one you reviewed (hash differs)", file=sys.stderr)
         return 1
     verdict = ApprovalVerdict(
         event_id=new_event_id(),
@@ -223,10 +231,19 @@ def _verdict(args: argparse.Namespace) -> int:
         comment=args.comment,
     )
     codec = EventCodec(settings.kafka.schema_registry_url)
-    Publisher(settings, "cli", codec).publish([verdict])
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline:
-        for msg in read_topic(settings, "decisions"):
+    # Position at the end of the decisions topic first, then publish: the judgement comes after.
+    consumer = make_consumer(settings.kafka, f"querytrail-verdict-{verdict.event_id}")
+    try:
+        decisions = topic_names(settings.kafka.topic_prefix)["decisions"]
+        parts = consumer.list_topics(decisions, timeout=10).topics[decisions].partitions
+        consumer.assign([TopicPartition(decisions, p, OFFSET_END) for p in parts])
+        consumer.poll(0.5)
+        Publisher(settings, "cli", codec).publish([verdict])
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None or msg.key() != args.request_id.encode():
+                continue
             try:
                 judged = codec.decode(msg.value() or b"")
             except DecodeError:
@@ -235,6 +252,7 @@ def _verdict(args: argparse.Namespace) -> int:
                 state = "accepted" if judged.accepted else "refused"
                 print(f"{args.verdict} {state}: {safe(judged.reason)}")
                 return 0 if judged.accepted else 1
-        time.sleep(0.5)
+    finally:
+        consumer.close()
     print(f"{args.verdict} sent ({verdict.event_id}); no judgement within {args.wait:.0f}s")
     return 3
