@@ -294,15 +294,15 @@ def payload_json(event: Any) -> str:
     orjson serialises the frozen dataclass directly (same content as ``to_json_dict``, checked by a
     test) because this runs for every event the sink stores.
     """
-    if getattr(event, "credential", None) is None:
+    cred = getattr(event, "credential", None)
+    if cred is None or cred.sealed_token is None:
         return orjson.dumps(event, default=_b64).decode()
     from schemas.codec import to_json_dict
 
     data = to_json_dict(event)
-    cred = data.get("credential")
-    if isinstance(cred, dict) and cred.get("sealed_token") is not None:
-        # Sealed, but the audit log has no use for it: keep only that one was presented.
-        cred["sealed_token"] = f"<sealed {len(str(cred['sealed_token']))} b64 chars>"
+    sealed = data["credential"]
+    # Sealed, but the audit log has no use for it: keep only that one was presented.
+    sealed["sealed_token"] = f"<sealed {len(str(sealed['sealed_token']))} b64 chars>"
     return orjson.dumps(data).decode()
 
 

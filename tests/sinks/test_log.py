@@ -138,7 +138,13 @@ def test_payload_json_is_to_json_dict_without_the_sealed_token() -> None:
     from schemas.codec import to_json_dict
     from sinks.schema import payload_json
 
-    for event in scenario():
+    from dataclasses import replace
+
+    events = scenario()
+    attested = replace(  # the HTTP ingress path: verified claims, no sealed token
+        events[0], credential=replace(events[0].credential, sealed_token=None, attested=events[1].identity)
+    )
+    for event in [*events, attested]:
         want = to_json_dict(event)
         got = json.loads(payload_json(event))
         if want.get("credential", {}).get("sealed_token"):
