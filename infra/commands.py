@@ -19,7 +19,17 @@ if TYPE_CHECKING:
     from infra.stack import StackState
     from querytrail.settings import Settings
 
-__all__ = ["down", "register", "smoke", "status", "up"]
+__all__ = [
+    "consumer_groups",
+    "consumer_lag",
+    "down",
+    "health",
+    "partition_lag",
+    "register",
+    "smoke",
+    "status",
+    "up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +179,97 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     return {name: {"running": state.alive(name), **info} for name, info in state.services.items()}
 
 
+def health(settings: Settings, services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``services`` plus, per process: health (URL or port check), metrics URL, consumer group lag.
+
+    healthy is None when nothing beyond "the pid is alive" can be checked.
+    """
+    from infra.stack import SERVICES, http_ok, port_open
+    from querytrail.observability import SERVICE_PORT_OFFSETS
+
+    checks = {svc.name: svc.health for svc in SERVICES}
+    groups = consumer_groups(settings)
+    lags = consumer_lag(settings, list(groups.values()))
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in services.items():
+        info = dict(info)
+        healthy: bool | None = None
+        if name == KAFKA:
+            healthy = port_open(settings.local.kafka_port)
+        elif name == FAKESNOW:
+            healthy = port_open(settings.local.fakesnow_port)
+        elif checks.get(name) is not None:
+            healthy = bool(checks[name](settings))  # type: ignore[misc]
+        if name in SERVICE_PORT_OFFSETS:
+            url = f"http://{settings.metrics_host}:{settings.metrics_port_base + SERVICE_PORT_OFFSETS[name]}/metrics"
+            info["metrics"] = {"url": url, "ok": http_ok(url)}
+            healthy = info["metrics"]["ok"] if healthy is None else healthy and info["metrics"]["ok"]
+        info["healthy"] = bool(info["running"]) and healthy if healthy is not None else None
+        if name in groups:
+            info["consumer_group"] = groups[name]
+            info["lag"] = lags.get(groups[name])
+        out[name] = info
+    return out
+
+
+def consumer_groups(settings: Settings) -> dict[str, str]:
+    """service -> the consumer group whose committed offsets show how far behind it is."""
+    prefix = settings.kafka.topic_prefix
+    return {"worker": f"{prefix}-worker", "executor": f"{prefix}.executor", "sink": f"{prefix}.audit-sink"}
+
+
+def consumer_lag(settings: Settings, groups: list[str], timeout: float = 5.0) -> dict[str, dict[str, int]]:
+    """group -> {topic: messages behind the log end}; a group whose offsets cannot be read is left out."""
+    out: dict[str, dict[str, int]] = {}
+    for group in groups:
+        try:
+            parts = partition_lag(settings, group, timeout)
+        except Exception:  # noqa: S112 -- an unknown group or the broker down: no lag to show
+            continue
+        lag: dict[str, int] = {}
+        for (topic, _), behind in parts.items():
+            lag[topic] = lag.get(topic, 0) + behind
+        out[group] = lag
+    return out
+
+
+def partition_lag(settings: Settings, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages between ``group``'s committed offset and the log end.
+
+    Only partitions the group has committed an offset for. The committed offsets are read with a
+    consumer carrying the group's id that never subscribes (so it never joins the group or
+    disturbs its members), not with AdminClient.list_consumer_group_offsets: confluent-kafka
+    2.16 segfaults on that call while a fresh broker has no group coordinator yet.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf: dict[str, Any] = {
+        **settings.kafka.confluent_config(),
+        "logger": logging.getLogger("querytrail.rdkafka"),
+        "group.id": group,
+        "enable.auto.commit": False,
+    }
+    probe = Consumer(conf)
+    try:
+        prefix = settings.kafka.topic_prefix + "."
+        meta = probe.list_topics(timeout=timeout)
+        parts = [
+            TopicPartition(name, p)
+            for name, topic in meta.topics.items()
+            if name.startswith(prefix)
+            for p in topic.partitions
+        ]
+        out: dict[tuple[str, int], int] = {}
+        for tp in probe.committed(parts, timeout=timeout) if parts else []:
+            if tp.error is not None or tp.offset < 0:
+                continue  # nothing committed there by this group
+            _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+            out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+    finally:
+        probe.close()
+
+
 def _print_endpoints(services: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(services, indent=2))
@@ -213,14 +314,36 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    services = status(_settings())
+    settings = _settings()
+    services = status(settings)
     if not services:
         print(json.dumps({}) if args.json else "the querytrail stack is not running")
         return 1
+    services = health(settings, services) if services.get(KAFKA, {}).get("running") else services
     if not args.json:
         print("querytrail stack:")
     _print_endpoints(services, args.json)
-    return 0 if all(s["running"] for s in services.values()) else 1
+    if not args.json:
+        _print_health(services)
+    return 0 if all(s["running"] and s.get("healthy") is not False for s in services.values()) else 1
+
+
+def _print_health(services: dict[str, dict[str, Any]]) -> None:
+    print("health:")
+    for name, info in services.items():
+        ok = {True: "healthy", False: "UNHEALTHY", None: "alive" if info["running"] else "DOWN"}[
+            info.get("healthy")
+        ]
+        metrics = info.get("metrics")
+        shown = f"  metrics {metrics['url']} {'ok' if metrics['ok'] else 'unreachable'}" if metrics else ""
+        print(f"  {name:<10} {ok:<10}{shown}")
+    lagging = [(n, i) for n, i in services.items() if "consumer_group" in i]
+    if lagging:
+        print("consumer lag (messages behind the log end):")
+    for name, info in lagging:
+        lag = info.get("lag")
+        text = ", ".join(f"{t} {n}" for t, n in sorted(lag.items())) if lag else "no committed offsets yet"
+        print(f"  {name:<10} group {info['consumer_group']}: {text if lag is not None else 'unknown'}")
 
 
 def smoke(settings: Settings) -> list[str]:

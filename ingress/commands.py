@@ -205,11 +205,12 @@ def _ingress(args: argparse.Namespace) -> int:
 
     from ingress.app import create_app
     from ingress.sealing import ensure_keys
-    from querytrail.observability import configure_logging
+    from querytrail.observability import configure_logging, serve_metrics
     from querytrail.settings import get_settings
 
     settings = get_settings()
     configure_logging("ingress", settings.log_level, settings.log_format)
+    serve_metrics("ingress", settings.metrics_port_base, settings.metrics_host)
     if settings.environment == "local":
         ensure_keys(settings)
     try:

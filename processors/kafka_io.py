@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from infra.clients import QtConsumer, QtProducer, make_consumer, make_producer
+from querytrail.observability import observe_published
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
 from schemas.events import DeadLetter, Event, new_event_id, producer, utcnow
@@ -67,6 +68,7 @@ class Publisher:
                 if pending[0] == 0:
                     all_acked.set()
 
+        events = list(events)
         batch = [(self.topics[topic_for(e)], self.codec.encode(e), key_for(e)) for e in events]
         if not batch:
             return
@@ -82,6 +84,7 @@ class Publisher:
             self.producer.poll(0.01)  # serves delivery callbacks (ours or other threads')
         if errors:
             raise PublishError(f"publish failed: {errors[0]}")
+        observe_published(events)  # Prometheus: decisions, approval waits, execution time, dead letters
 
     def dead_letter(self, msg: Message, reason: str, error: str) -> None:
         """Send an unusable confluent-kafka record to the dead-letter topic, bytes intact."""

@@ -71,8 +71,12 @@ def _settings() -> Any:
 
 def _worker(args: argparse.Namespace) -> int:
     from processors.app import main
+    from querytrail.observability import serve_metrics, start_lag_reporter
 
-    return main(_settings(), loglevel=args.loglevel)
+    settings = _settings()
+    serve_metrics("worker", settings.metrics_port_base, settings.metrics_host)
+    start_lag_reporter("worker", settings, f"{settings.kafka.topic_prefix}-worker")  # faust's group id
+    return main(settings, loglevel=args.loglevel)
 
 
 def _executor(args: argparse.Namespace) -> int:
@@ -81,10 +85,12 @@ def _executor(args: argparse.Namespace) -> int:
     import threading
 
     from processors.executor_service import serve
-    from querytrail.observability import configure_logging
+    from querytrail.observability import configure_logging, serve_metrics, start_lag_reporter
 
     settings = _settings()
     configure_logging("executor", settings.log_level, settings.log_format)
+    serve_metrics("executor", settings.metrics_port_base, settings.metrics_host)
+    start_lag_reporter("executor", settings, f"{settings.kafka.topic_prefix}.executor")
     logging.getLogger(__name__).info("executor starting")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -27,7 +27,10 @@ __all__ = [
     "SINK_COMMIT_LATENCY",
     "JsonFormatter",
     "configure_logging",
+    "logging_config",
+    "observe_published",
     "serve_metrics",
+    "start_lag_reporter",
 ]
 
 # Defence in depth: anything shaped like a JWT or a PEM key is scrubbed from log lines even if
@@ -105,12 +108,82 @@ DEAD_LETTERS = Counter(
 SERVICE_PORT_OFFSETS = {"ingress": 0, "worker": 1, "executor": 2, "sink": 3}
 
 
-def serve_metrics(service: str, base_port: int) -> int | None:
-    """Serve /metrics for ``service`` on 127.0.0.1; returns the port, or None if it is taken."""
+def serve_metrics(service: str, base_port: int, host: str = "127.0.0.1") -> int | None:
+    """Serve /metrics for ``service`` on ``host``; returns the port, or None if it is taken."""
     port = base_port + SERVICE_PORT_OFFSETS.get(service, 9)
     try:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
     except OSError:
         logging.getLogger(__name__).warning("metrics port %d is taken; metrics not served", port)
         return None
+    logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, port)
     return port
+
+
+def logging_config(service: str, level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
+    """``configure_logging`` as a dictConfig, for frameworks that set up logging themselves (faust)."""
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter, "service": service}
+        if fmt == "json"
+        else {"format": f"%(asctime)s {service} %(levelname)s %(name)s %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"querytrail": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "querytrail"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+# request id -> when its approval was requested / its execution started (monotonic seconds),
+# kept by the process that published them; bounded so a flood of requests cannot grow it.
+_PENDING: dict[tuple[str, str], float] = {}
+_PENDING_MAX = 100_000
+
+
+def observe_published(events: Any) -> None:
+    """Count what a service just published: decisions, approval waits, execution time, dead letters."""
+    import time
+
+    now = time.monotonic()
+    for event in events:
+        kind = getattr(event, "event_type", "")
+        rid = getattr(event, "request_id", "")
+        if kind == "PolicyDecided":
+            REQUESTS_BY_DECISION.labels(str(event.decision)).inc()
+        elif kind in ("ApprovalRequested", "ExecutionStarted"):
+            if len(_PENDING) >= _PENDING_MAX:
+                _PENDING.pop(next(iter(_PENDING)))
+            _PENDING[(kind, rid)] = now
+        elif kind == "ApprovalResolved":
+            asked = _PENDING.pop(("ApprovalRequested", rid), None)
+            if asked is not None:
+                APPROVAL_WAIT.labels(str(event.outcome)).observe(now - asked)
+        elif kind in ("QueryCompleted", "QueryFailed"):
+            started = _PENDING.pop(("ExecutionStarted", rid), None)
+            if started is not None:
+                outcome = "completed" if kind == "QueryCompleted" else str(event.outcome)
+                EXECUTOR_LATENCY.labels(outcome).observe(now - started)
+        elif kind == "DeadLetter":
+            DEAD_LETTERS.labels(str(event.source_topic)).inc()
+
+
+def start_lag_reporter(service: str, settings: Any, group: str, interval_s: float = 10.0) -> None:
+    """A daemon thread keeping ``querytrail_consumer_lag`` of ``group`` up to date."""
+    import threading
+
+    def loop() -> None:
+        from infra.commands import partition_lag
+
+        while True:
+            try:
+                for (topic, partition), lag in partition_lag(settings, group).items():
+                    CONSUMER_LAG.labels(service, topic, str(partition)).set(lag)
+            except Exception:  # a broker hiccup must never take the service down
+                logging.getLogger(__name__).debug("consumer lag unavailable", exc_info=True)
+            time.sleep(interval_s)
+
+    import time
+
+    threading.Thread(target=loop, name=f"{service}-lag", daemon=True).start()
