@@ -15,17 +15,11 @@ test can SIGKILL it in exactly the window that makes the outcome unknown.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import snowflake.connector
@@ -34,6 +28,7 @@ from snowflake.connector.constants import FIELD_ID_TO_NAME
 from processors.authz import AuthzError, Verifier
 from processors.detectors import mask_rows
 from processors.ledger import Ledger, LedgerRow
+from processors.results import jsonable, paginate, result_sha256
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     DetectorHit,
@@ -56,9 +51,7 @@ __all__ = [
     "Executor",
     "Outcome",
     "connect",
-    "paginate",
     "recovery_event",
-    "result_sha256",
     "run_statement",
 ]
 
@@ -113,47 +106,6 @@ def connect(profile: SnowflakeProfile, session_parameters: dict[str, Any]) -> An
     elif profile.password is not None:
         kwargs["password"] = profile.password.get_secret_value()
     return snowflake.connector.connect(**kwargs)
-
-
-def _jsonable(value: Any) -> Any:
-    """Result values as JSON-safe, type-preserving-enough values (canonical for hashing)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else str(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return str(value)
-
-
-def _line(row: Sequence[Any]) -> bytes:
-    return json.dumps(list(row), separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode() + b"\n"
-
-
-def result_sha256(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """SHA-256 over canonical JSON lines: the column names, then every (masked) row."""
-    digest = hashlib.sha256(_line(columns))
-    for row in rows:
-        digest.update(_line(row))
-    return digest.hexdigest()
-
-
-def paginate(rows: Sequence[Sequence[Any]], max_rows: int, max_bytes: int) -> list[tuple[int, str]]:
-    """Split rows into (row_offset, rows_json) pages of at most max_rows rows / ~max_bytes bytes."""
-    pages: list[tuple[int, str]] = []
-    start, size = 0, 2
-    current: list[str] = []
-    for i, row in enumerate(rows):
-        encoded = json.dumps(list(row), separators=(",", ":"), ensure_ascii=False)
-        if current and (len(current) >= max_rows or size + len(encoded) + 1 > max_bytes):
-            pages.append((start, "[" + ",".join(current) + "]"))
-            start, current, size = i, [], 2
-        current.append(encoded)
-        size += len(encoded) + 1
-    pages.append((start, "[" + ",".join(current) + "]"))
-    return pages
 
 
 @dataclass(frozen=True)
@@ -266,7 +218,7 @@ def run_statement(
         log.warning("fault injection: sleeping %ss after run", fault, extra={"request_id": auth.request_id})
         time.sleep(float(fault))
     truncated = len(raw) > auth.max_rows
-    rows = [[_jsonable(v) for v in row] for row in raw[: auth.max_rows]]
+    rows = [[jsonable(v) for v in row] for row in raw[: auth.max_rows]]
     masked_rows, hits = mask_rows(names, rows)
     plan = {m.output.upper(): m for m in auth.masked_columns}
     hit_columns = {column for column, _ in hits}

@@ -17,8 +17,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from processors.authz import Signer, Verifier, make_authorization
-from processors.executor import Executor, paginate, recovery_event, result_sha256, run_statement
+from processors.executor import Executor, recovery_event, run_statement
 from processors.ledger import Ledger
+from processors.results import paginate, result_sha256
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     ExecutionAuthorized,
