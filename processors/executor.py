@@ -19,6 +19,8 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +178,25 @@ class ConnectionPool:
         conn.close()
 
 
+_TIMEOUT_GRACE_S = 5.0
+
+
+def _execute(conn: Any, auth: ExecutionAuthorized) -> tuple[str | None, list[str], list[str], list[Any]]:
+    """Run the statement and fetch up to the cap plus one row (to detect truncation)."""
+    cur = conn.cursor()
+    try:
+        cur.execute(auth.statement, timeout=auth.timeout_s)
+        names = [d.name for d in cur.description or []]
+        types = [FIELD_ID_TO_NAME.get(d.type_code, "UNKNOWN") for d in cur.description or []]
+        raw = cur.fetchmany(auth.max_rows + 1) if names else []
+        return cur.sfqid, names, types, list(raw)
+    except snowflake.connector.errors.Error as exc:
+        exc.sfqid = exc.sfqid or cur.sfqid  # type: ignore[attr-defined]
+        raise
+    finally:
+        cur.close()
+
+
 def run_statement(
     auth: ExecutionAuthorized,
     profile: SnowflakeProfile,
@@ -189,29 +210,48 @@ def run_statement(
     except Exception as exc:  # login failures, DNS, refused connections: the statement never ran
         log.warning("snowflake unreachable: %s", exc, extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, "unreachable", exc)], "unreachable")
-    healthy = False
     started = time.monotonic()
-    sfqid: str | None = None
-    try:
-        cur = conn.cursor()
+    box: Future[tuple[str | None, list[str], list[str], list[Any]]] = Future()
+
+    def execute() -> None:
         try:
-            cur.execute(auth.statement, timeout=auth.timeout_s)
-            sfqid = cur.sfqid
-            names = [d.name for d in cur.description or []]
-            types = [FIELD_ID_TO_NAME.get(d.type_code, "UNKNOWN") for d in cur.description or []]
-            raw = cur.fetchmany(auth.max_rows + 1) if names else []
+            box.set_result(_execute(conn, auth))
+        except BaseException as exc:
+            box.set_exception(exc)
         finally:
-            cur.close()
-        healthy = True
+            if abandoned.is_set():  # the caller gave up: this thread owns the session now
+                pool.release(conn, healthy=False)
+
+    abandoned = threading.Event()
+    threading.Thread(target=execute, name=f"stmt-{auth.request_id[:24]}", daemon=True).start()
+    try:
+        sfqid, names, types, raw = box.result(timeout=auth.timeout_s + _TIMEOUT_GRACE_S)
+    except FuturesTimeout:
+        # Snowflake enforces STATEMENT_TIMEOUT_IN_SECONDS and the connector cancels after
+        # ``timeout``; a server that honours neither (the emulator) must not hang the executor.
+        abandoned.set()
+        if box.done():  # finished in the meantime: the thread may have missed the flag
+            pool.release(conn, healthy=False)
+        log.warning(
+            "statement exceeded %ss; gave up waiting", auth.timeout_s, extra={"request_id": auth.request_id}
+        )
+        message = (
+            f"no result within {auth.timeout_s}s; cancellation was requested but not confirmed, "
+            "so the statement may still complete on the server"
+        )
+        failed = QueryFailed(**_meta(auth), outcome="timeout", message=message)
+        return Outcome([failed], "timeout")
     except snowflake.connector.errors.Error as exc:
         # a statement error leaves the session usable; anything else closes it
-        healthy = isinstance(exc, snowflake.connector.errors.ProgrammingError)
+        pool.release(conn, isinstance(exc, snowflake.connector.errors.ProgrammingError))
         timed_out = getattr(exc, "errno", None) in (604, 630) or "timeout" in str(exc).lower()
         outcome = "timeout" if timed_out else "failed"
         log.info("statement failed: %s", exc, extra={"request_id": auth.request_id})
-        return Outcome([_failed(auth, outcome, exc, sfqid)], outcome)
-    finally:
-        pool.release(conn, healthy)
+        return Outcome([_failed(auth, outcome, exc)], outcome)
+    except BaseException:
+        pool.release(conn, healthy=False)
+        raise
+    pool.release(conn, healthy=True)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     fault = os.environ.get(FAULT_SLEEP_ENV)
     if fault:  # test-only crash window, see module docstring

@@ -170,3 +170,27 @@ def test_recovery_never_reruns(tmp_path: Path) -> None:
     assert not reopened.record(
         request_id="new", nonce="b", authorization_event_id="z", session_id=None, statement_sha256="x"
     )
+
+
+@pytest.mark.integration
+def test_statement_past_its_timeout_fails_instead_of_hanging(
+    qt_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fakesnow honours neither STATEMENT_TIMEOUT_IN_SECONDS nor the connector's cancel, so
+    the executor's own deadline (timeout + grace; the grace shortened here) must end the wait."""
+    import processors.executor as executor_module
+
+    monkeypatch.setattr(executor_module, "_TIMEOUT_GRACE_S", 0.5)
+    settings = qt_settings()
+    slow = make_authorization(
+        SIGNER, request_id="slow", session_id=None,
+        statement="SELECT SUM(SEQ4()) FROM TABLE(GENERATOR(ROWCOUNT => 500000000))",
+        masked_columns=(), target=Target(profile="analytics"), max_rows=1, timeout_s=1,
+        requester=None, now=utcnow(), ttl_s=60,
+    )  # fmt: skip
+    started = time.monotonic()
+    out = run_statement(slow, settings.snowflake_profiles["analytics"], settings)
+    assert time.monotonic() - started < 5
+    failed = out.events[0]
+    assert isinstance(failed, QueryFailed) and failed.outcome == "timeout"
+    assert "may still complete" in failed.message
