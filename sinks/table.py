@@ -63,7 +63,16 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
 
 
 def open_catalog(settings: Settings) -> Catalog:
-    return load_catalog(settings.iceberg.catalog_name, **catalog_properties(settings))
+    props = catalog_properties(settings)
+    for attempt in range(3):
+        try:
+            return load_catalog(settings.iceberg.catalog_name, **props)
+        except Exception as exc:
+            # A SQL catalog creates its tables on first use; two processes doing that at once
+            # (the sink starting while an auditor queries) race, and the loser sees them exist.
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def load_or_create_table(settings: Settings) -> Table:

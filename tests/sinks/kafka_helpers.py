@@ -93,10 +93,6 @@ def wait_rows(settings: Settings, n: int, timeout: float = 120.0) -> int:
             count = open_table(settings).scan(selected_fields=("offset",)).to_arrow().num_rows
         except NoSuchTableError:
             count = 0
-        except Exception as exc:  # the sink may be creating the catalog's tables right now
-            if "already exists" not in str(exc):
-                raise
-            count = 0
         if count >= n:
             return count
         time.sleep(0.3)

@@ -134,11 +134,10 @@ def test_snapshot_summary_holds_offsets_and_signed_heads(log_settings) -> None: 
 
 def test_payload_json_is_to_json_dict_without_the_sealed_token() -> None:
     import json
+    from dataclasses import replace
 
     from schemas.codec import to_json_dict
     from sinks.schema import payload_json
-
-    from dataclasses import replace
 
     events = scenario()
     attested = replace(  # the HTTP ingress path: verified claims, no sealed token
