@@ -37,6 +37,7 @@ from processors import approvals
 from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
 from processors.kafka_io import Publisher, PublishError
+from processors.reconcile import RequestScanner
 from processors.runtime import WorkerRuntime
 from processors.worker import CredentialError, approval_satisfied, authorize_approved, decide_request
 from querytrail.observability import logging_config
@@ -114,6 +115,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
     codec = rt.codec
     publisher: Publisher = rt.publisher
     cache = DecisionCache()
+    inflight: set[bytes] = set()  # request ids being decided right now (agent or reconciler)
     loop_exec = None  # the default thread pool: blocking I/O (JWKS, Kafka acks) off the event loop
 
     async def publish(events: list[Event]) -> None:
@@ -170,9 +172,17 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
             return
         rid = request.request_id
         key = rid.encode()
-        if seen_table.get(key) is not None:
+        if seen_table.get(key) is not None or key in inflight:
             log.info("duplicate request ignored", extra={"request_id": rid})
             return
+        inflight.add(key)  # before the first await: the reconciler may hold the same request
+        try:
+            await decide_one(request, key)
+        finally:
+            inflight.discard(key)
+
+    async def decide_one(request: QueryRequested, key: bytes) -> None:
+        rid = request.request_id
         identity = await check(rid, request.credential, sql=request.sql)
         policy, catalog = rt.policy, rt.catalog
         now = utcnow()
@@ -226,6 +236,33 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
     async def on_verdicts(stream: Any) -> None:
         async for event in stream.events():
             await guarded(handle_verdict, event)
+
+    scanner: list[RequestScanner] = []
+
+    @app.timer(interval=settings.worker.reconcile_s)
+    async def reconcile_requests() -> None:
+        """Decide requests faust committed past during a rebalance without yielding them."""
+        loop = asyncio.get_running_loop()
+        parts = {tp.partition for tp in app.consumer.assignment() if tp.topic == names["requests"]}
+        if not parts:
+            return
+        if not scanner:
+            scanner.append(
+                RequestScanner(settings, names["requests"], app.conf.id, settings.worker.reconcile_window_s)
+            )
+        try:
+            records = await loop.run_in_executor(loop_exec, scanner[0].scan, parts)
+        except Exception:
+            log.warning("reconcile scan failed; next tick retries", exc_info=True)
+            return
+        for record in records:
+            key = record.message.key or b""
+            if seen_table.get(key) is None and key not in inflight:
+                log.warning(
+                    "request was committed past without a decision; deciding it now",
+                    extra={"request_id": key.decode("utf-8", "replace")},
+                )
+                await guarded(handle_request, record)
 
     @app.timer(interval=settings.worker.expiry_check_s)
     async def expire_approvals() -> None:

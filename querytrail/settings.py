@@ -173,6 +173,8 @@ class WorkerSettings(_Frozen):
     policy_reload_s: float = 2.0  # how often the policy file is checked for changes
     catalog_reload_s: float = 30.0  # how often the catalog topic is re-read
     resolved_retention_s: float = 86_400.0  # resolved approvals are kept this long for late verdicts
+    reconcile_s: float = 10.0  # how often requests committed past but never decided are looked for
+    reconcile_window_s: float = 3600.0  # how far back the first look goes after a start
 
 
 class LocalStackSettings(_Frozen):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from pipeline_events import events, scalar
-from pipeline_harness import Pipeline
+from pipeline_harness import Pipeline, new_prefix
 
 from processors.executor import FAULT_SLEEP_ENV
+from querytrail.settings import SnowflakeProfile
 from schemas.events import ExecutionStarted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.reliability]
@@ -104,3 +106,59 @@ def test_worker_sigkill_keeps_pending_approval_and_decides_each_request_once(
         sub.close()
     decided = [e for e in events(p, "decisions", rid) if isinstance(e, PolicyDecided | ApprovalRequested)]
     assert [type(e) for e in decided] == [PolicyDecided, ApprovalRequested]
+
+
+def test_request_committed_past_without_a_decision_is_still_decided(
+    tmp_path: Path, kafka_bootstrap: str, fakesnow_profile: SnowflakeProfile
+) -> None:
+    """faust acks records its stream skips during a rebalance, so a restarted worker's group can
+    be committed past a request nobody decided (seen by the kill-and-restart suite). Reproduced
+    here directly: with the worker stopped, the group's offset is committed past a fresh request;
+    the restarted worker's reconciler must still decide (and run) it."""
+    from confluent_kafka import TopicPartition
+
+    from infra.clients import make_consumer
+    from infra.topics import create_topics
+    from ingress.client import QueryClient
+    from schemas.events import ClientContext, Target
+
+    prefix = new_prefix()
+    create_topics(kafka_bootstrap, prefix)
+    p = Pipeline(
+        tmp_path / prefix, kafka_bootstrap, prefix, fakesnow_profile, extra={"worker": {"reconcile_s": 1.0}}
+    )
+    try:
+        p.start_all()
+        p.kill("worker", signal.SIGTERM)  # a clean stop: the group is empty afterwards
+        rid = f"req-{uuid.uuid4()}"
+        sub = QueryClient(p.settings).submit(
+            token=p.token("ci-bot", ("ci",)),
+            request_id=rid,
+            prompt="p",
+            sql="SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 4",
+            model="test-model",
+            target=Target(profile="analytics"),
+            context=ClientContext(),
+        )
+        try:
+            [request] = [m for m in _records(p, "requests") if m.key() == rid.encode()]
+            committer = make_consumer(p.settings.kafka, f"{prefix}-worker")  # faust's group id
+            topic = f"{prefix}.requests"
+            committer.commit(
+                offsets=[TopicPartition(topic, request.partition(), request.offset() + 1)], asynchronous=False
+            )
+            committer.close()
+            p.start("worker")
+            outcome = sub.wait(90)
+            assert outcome.status == "completed", outcome.to_json()
+        finally:
+            sub.close()
+        p.wait_log("worker", "committed past without a decision")
+    finally:
+        p.stop()
+
+
+def _records(p: Pipeline, suffix: str) -> list:
+    from processors.kafka_io import read_topic
+
+    return list(read_topic(p.settings, suffix))

@@ -1,0 +1,105 @@
+"""Find requests the worker's consumer group committed past without deciding.
+
+faust acks the records its stream skips during a rebalance (``Skipping message ... generation_id``
+in faust/streams.py), so after a worker restart its committed offset can lie beyond a request
+that was never decided. This scanner is the safety net: per assigned partition it reads the
+records between where it last looked and the group's committed offset, and returns those the
+caller has no record of (the caller checks its ``seen`` table and decides them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from infra.clients import make_consumer
+from querytrail.settings import Settings
+
+__all__ = ["Record", "RequestScanner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the worker's handlers read from a faust event: ``value`` and ``message``."""
+
+    value: bytes
+    message: Any  # topic, partition, offset, key, value
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class RequestScanner:
+    """Reads committed-but-maybe-unprocessed records of one topic for one consumer group."""
+
+    def __init__(self, settings: Settings, topic: str, group_id: str, window_s: float) -> None:
+        self.topic = topic
+        self.window_s = window_s
+        # not a group member: never joins, only reads the group's committed offsets
+        self._reader: Consumer = make_consumer(
+            settings.kafka, group_id, **{"enable.partition.eof": True, "enable.auto.commit": False}
+        )
+        self._checked: dict[int, int] = {}
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def _start(self, partition: int) -> int:
+        if partition not in self._checked:
+            since_ms = int((time.time() - self.window_s) * 1000)
+            [tp] = self._reader.offsets_for_times(
+                [TopicPartition(self.topic, partition, since_ms)], timeout=10
+            )
+            low, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+            self._checked[partition] = high if tp.offset in (OFFSET_END, -1) else max(tp.offset, low)
+        return self._checked[partition]
+
+    def scan(self, partitions: set[int], timeout: float = 10.0) -> list[Record]:
+        """Records below the group's committed offset not yet scanned, in the given partitions."""
+        committed = self._reader.committed(
+            [TopicPartition(self.topic, p) for p in sorted(partitions)], timeout=10
+        )
+        ranges = {}
+        for tp in committed:
+            start = self._start(tp.partition)
+            if tp.offset is not None and tp.offset > start:
+                ranges[tp.partition] = (start, tp.offset)
+        if not ranges:
+            return []
+        self._reader.assign([TopicPartition(self.topic, p, start) for p, (start, _) in ranges.items()])
+        out: list[Record] = []
+        pending = set(ranges)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = self._reader.poll(0.2)
+            if msg is None:
+                continue
+            p = msg.partition() or 0
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(p)
+                continue
+            offset = msg.offset() or 0
+            if p not in ranges or offset >= ranges[p][1]:
+                pending.discard(p)
+                continue
+            value = msg.value() or b""
+            out.append(Record(value, _Message(self.topic, p, offset, msg.key(), value)))
+            self._checked[p] = offset + 1
+            if offset + 1 >= ranges[p][1]:
+                pending.discard(p)
+        self._reader.unassign()
+        return out
