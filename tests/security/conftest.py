@@ -22,7 +22,7 @@ from reliability_stack import Stack, stacks  # noqa: E402
 from querytrail.settings import SnowflakeProfile  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped when the package's tests are done
 def stack(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, fakesnow_profile: SnowflakeProfile
 ) -> Iterator[Stack]:
