@@ -373,17 +373,24 @@ class Executor:
                 self.publisher.publish([rejected(auth, exc)])
             return "refused"
         # A validly signed second authorisation for a request that already has an execution is
-        # a redelivery or a duplicate from the worker's at-least-once retry: never run it again.
-        # Nonces are single use too (the UNIQUE column), whatever request they claim.
-        if self.ledger.get(rid) is not None or not self.ledger.record(
+        # a redelivery or a duplicate from the worker's at-least-once retry: never run it again,
+        # silently. A nonce already spent by another request is refused as an audit event.
+        claimed = self.ledger.get(rid) is None and self.ledger.record(
             request_id=rid,
             nonce=auth.nonce,
             authorization_event_id=auth.event_id,
             session_id=auth.session_id,
             statement_sha256=auth.statement_sha256,
-        ):
-            log.info("authorisation already used; not running again", extra={"request_id": rid})
-            return "duplicate"
+        )
+        if not claimed:
+            if self.ledger.get(rid) is not None:
+                log.info("authorisation already used; not running again", extra={"request_id": rid})
+                return "duplicate"
+            reused = AuthzError("nonce_reused", "this authorisation's nonce was already spent")
+            if self.ledger.refuse(auth.event_id, rid, reused.code):
+                log.warning("authorisation refused: nonce_reused", extra={"request_id": rid})
+                self.publisher.publish([rejected(auth, reused)])
+            return "refused"
         self.publisher.publish([started_event(auth)])
         self.ledger.mark_started(rid)
         profile = self.settings.snowflake_profiles.get(auth.target.profile)

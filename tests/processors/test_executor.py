@@ -194,3 +194,25 @@ def test_statement_past_its_timeout_fails_instead_of_hanging(
     failed = out.events[0]
     assert isinstance(failed, QueryFailed) and failed.outcome == "timeout"
     assert "may still complete" in failed.message
+
+
+@pytest.mark.integration
+def test_spent_nonce_under_another_request_is_refused_and_recorded(
+    qt_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    settings = qt_settings()
+    sink = Collect()
+    executor = Executor(
+        settings, Verifier([SIGNER.private_key.public_key()]), Ledger(tmp_path / "l.db"), sink
+    )
+    first = auth("SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 1", rid="n1")
+    assert executor.handle(first) == "completed"
+    reuse = SIGNER.sign(replace(auth("SELECT 2", rid="n2"), nonce=first.nonce))
+    assert executor.handle(reuse) == "refused"
+    rejected = [e for e in sink.events if isinstance(e, QueryRejected)]
+    assert [(r.request_id, r.stage, r.reason_code) for r in rejected] == [
+        ("n2", "authorization", "nonce_reused")
+    ]
+    assert not [e for e in sink.events if isinstance(e, ExecutionStarted) and e.request_id == "n2"]
