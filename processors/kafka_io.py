@@ -8,6 +8,7 @@ at-least-once half of every processor. The other half is deduplication in the co
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 _TOPIC_OF = {event: suffix for suffix, topic in TOPICS.items() for event in topic.events}
 
 
+_MAX_RECORD = 8 * 1024 * 1024  # the topics' max.message.bytes (schemas.topics)
+_MAX_DEAD_VALUE = _MAX_RECORD - 64 * 1024  # room for the DeadLetter's other fields
+
+
 def topic_for(event: Event) -> str:
     """The topic suffix an event type belongs on (``schemas.topics``)."""
     return _TOPIC_OF[event.event_type]
@@ -47,7 +52,11 @@ class Publisher:
         self.topics = topic_names(settings.kafka.topic_prefix)
         self.codec = codec or EventCodec(settings.kafka.schema_registry_url)
         # Each publish waits for its acknowledgement, so batching delay is pure latency here.
-        self.producer: QtProducer = make_producer(settings.kafka, **{"linger.ms": 0})
+        # Records up to the topics' max.message.bytes (8 MiB) must be publishable, above all as
+        # DeadLetters carrying an undecodable record's bytes (librdkafka's default cap is 1 MB).
+        self.producer: QtProducer = make_producer(
+            settings.kafka, **{"linger.ms": 0, "message.max.bytes": _MAX_RECORD + 1_048_576}
+        )
 
     def publish(self, events: Iterable[Event], timeout: float = 30.0) -> None:
         """Produce ``events`` in order and wait until the broker acknowledged all of them.
@@ -103,6 +112,12 @@ class Publisher:
         error: str,
     ) -> None:
         """Record an undecodable/unprocessable record as a DeadLetter event; never drop it."""
+        value = value or b""
+        if len(value) > _MAX_DEAD_VALUE:
+            # the envelope must fit the topic: keep a prefix and the whole value's hash
+            digest = hashlib.sha256(value).hexdigest()
+            error = f"{error[:1500]} [value truncated from {len(value)} bytes; sha256 {digest}]"
+            value = value[:_MAX_DEAD_VALUE]
         event = DeadLetter(
             event_id=new_event_id(),
             request_id=key.decode("utf-8", "replace") if key else "",
@@ -112,7 +127,7 @@ class Publisher:
             source_partition=partition,
             source_offset=offset,
             key=key,
-            value=value or b"",
+            value=value,
             reason=reason,
             error=error[:2000],
             consumer=self.component,

@@ -241,3 +241,22 @@ def test_one_denial_denies(pipeline: Pipeline) -> None:
     assert (rejected[0].stage, rejected[0].reason_code) == ("approval", "approval_denied")
     assert "bob" in rejected[0].reason
     assert not [e for e in events(pipeline, "executions", rid)]
+
+
+def test_huge_undecodable_records_are_dead_lettered_intact(pipeline: Pipeline) -> None:
+    """2 MiB of garbage (within the topics' 8 MiB limit) on the worker's and the executor's input."""
+    from processors.kafka_io import Publisher
+
+    huge = b"\xc3\x01" + bytes(2 * 1024 * 1024)
+    publisher = Publisher(pipeline.settings, "test")
+    for suffix in ("requests", "executions"):
+        publisher.producer.produce(f"{pipeline.prefix}.{suffix}", value=huge, key=b"junk-huge")
+    publisher.producer.flush(30)
+    dead = wait_for(
+        pipeline, "deadletter", lambda e: isinstance(e, DeadLetter) and e.value == huge, count=2, timeout=60
+    )
+    assert {d.source_topic for d in dead} == {f"{pipeline.prefix}.requests", f"{pipeline.prefix}.executions"}
+    outcome = pipeline.submit(
+        "SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 5", pipeline.token("c", ("ci",))
+    )
+    assert outcome.status == "completed"  # both still serving
