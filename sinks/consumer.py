@@ -10,6 +10,7 @@ the group), retries with backoff and never commits Kafka offsets for unwritten r
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -201,6 +202,21 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda *_: _request_stop(stop))
     SinkRunner(settings, stop).run()
     return 0
+
+
+_SHUTDOWN_GRACE_S = 20.0
+
+
+def _request_stop(stop: threading.Event) -> None:
+    """Stop cleanly, but never linger: a closing consumer can block for a long time when the
+    broker is already gone. Exiting hard after a grace period is safe because the table, not
+    Kafka, holds the offsets (the next start resumes from the last snapshot)."""
+    if stop.is_set():  # a second signal: the operator means it
+        os._exit(1)
+    stop.set()
+    timer = threading.Timer(_SHUTDOWN_GRACE_S, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
