@@ -4,6 +4,11 @@ twice, every record of every topic is in Iceberg exactly once, and ``verify`` pa
 
 Everything is real: a broker of this test alone (restarted on its data dir), fakesnow, signed dev
 issuer tokens, the four services as processes, real SIGKILLs. No fault is mocked.
+
+A service that exits on its own (the worker exits 70 and the executor exits when they cannot
+publish for longer than ``kafka.delivery_timeout_s``, e.g. while the broker restarts) is
+restarted by the stack's supervisor, as systemd or Kubernetes would, and counted in
+``crash_restarts`` of the printed counts.
 """
 
 from __future__ import annotations
@@ -230,6 +235,7 @@ def test_sigkill_each_service_under_load_loses_and_duplicates_nothing(
     assert kills == ["worker", "executor", "sink", "ingress", "broker"]
     assert len(requested) >= MIN_REQUESTS
     assert not lost_accepted, f"accepted but never on the requests topic: {sorted(lost_accepted)[:5]}"
+    assert not lost_terminal, f"no terminal outcome: {sorted(lost_terminal)[:5]}"
     assert not dup_terminal, f"more than one terminal outcome: {list(dup_terminal.items())[:5]}"
     assert not dup_started, f"ExecutionStarted more than once: {dup_started}"
     assert all(n == 1 for n in ledger_rows.values()) and set(started) <= set(ledger_rows)
@@ -240,8 +246,6 @@ def test_sigkill_each_service_under_load_loses_and_duplicates_nothing(
     assert sum(keys.values()) == len(expected)
     # each kind ended the way its policy says (a kill may turn a run into outcome_unknown)
     for rid, kind in load.kinds.items():
-        if rid in lost_terminal:
-            continue  # judged below
         first = terminal[rid][0]
         if kind == "denied":
             assert (first.event_type, first.stage) == ("QueryRejected", "policy"), first
@@ -254,18 +258,3 @@ def test_sigkill_each_service_under_load_loses_and_duplicates_nothing(
     assert scalar(stack, "SELECT 1") == 1
     verified = stack.cli("verify", "--format", "json", timeout=180)
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
-    if lost_terminal:
-        # Known bug, reported to the worker's owner: a request produced around the worker's
-        # SIGKILL/restart was committed past and never decided (faust acks the events its stream
-        # skips during a rebalance, streams.py "Skipping message ... generation_id"). Every other
-        # invariant above still holds; a request lost after a decision fails the test outright.
-        undecided = {rid for rid in lost_terminal if not _any_output(events, rid)}
-        assert undecided == lost_terminal, f"lost after the worker decided them: {lost_terminal - undecided}"
-        pytest.xfail(
-            f"worker restart skipped {len(undecided)} request(s) without deciding: {sorted(undecided)}"
-        )
-
-
-def _any_output(events: dict[str, list[Any]], rid: str) -> bool:
-    """Did any processor react to ``rid`` (a decision, an authorisation, an outcome)?"""
-    return any(e.request_id == rid for s in ("decisions", "executions", "results") for e in events[s])
