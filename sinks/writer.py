@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -98,6 +99,20 @@ _worker_decode: Callable[[bytes], Any] | None = None
 def _init_worker(decode: Callable[[bytes], Any]) -> None:
     global _worker_decode
     _worker_decode = decode
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A SIGKILLed sink must not leave its decoding processes behind (Linux: PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def convert(records: list[Record], decode: Callable[[bytes], Any] | None = None) -> pa.Table:
