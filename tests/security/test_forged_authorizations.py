@@ -122,11 +122,6 @@ def test_spent_nonce_under_another_request_runs_nothing(stack: Stack, genuine: E
     _assert_in_audit_log(stack, forged.event_id, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the executor refuses a validly signed authorisation that reuses a spent nonce under another "
-    "request id silently (log line 'authorisation already used'); no QueryRejected records the refusal",
-)
 def test_spent_nonce_under_another_request_is_recorded_as_refused(
     stack: Stack, genuine: ExecutionAuthorized
 ) -> None:

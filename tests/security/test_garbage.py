@@ -196,12 +196,6 @@ def test_garbage_on_topics_only_the_sink_reads_is_also_dead_lettered(stack: Stac
     raise AssertionError("garbage on topics without a processor was not dead-lettered")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="poison pill: a 2 MiB record (within the topics' max.message.bytes of 8 MiB) cannot be "
-    "dead-lettered: the DeadLetter carrying its bytes intact is refused with MSG_SIZE_TOO_LARGE, so the "
-    "worker (exit 70) and the executor (uncaught KafkaException) crash-loop on it after every restart",
-)
 def test_huge_record_within_the_topic_limit_is_dead_lettered_without_a_crash(make_stack: Any) -> None:
     stack: Stack = make_stack()
     stack.start_everything()
