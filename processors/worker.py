@@ -315,5 +315,36 @@ class CredentialChecker:
                 )
             except SealingError as exc:
                 raise CredentialError("bad_attestation", str(exc)) from None
-            return attested
+            return self._rebuild_attested(attested, credential.token_sha256)
         raise CredentialError("missing_token", "the credential carries neither a token nor an attestation")
+
+    def _rebuild_attested(self, attested: VerifiedIdentity, token_sha256: str) -> VerifiedIdentity:
+        """The ingress signs claims_json only, so subject, groups and the rest are derived again
+        from the signed claims with this side's issuer settings; a mismatch means someone who can
+        write the requests topic edited them (e.g. added a group) and the request is refused."""
+        import json
+
+        from ingress.identity import IdentityError, map_claims
+
+        issuer = self.token_verifier.issuer_settings(attested.issuer)
+        if issuer is None:
+            raise CredentialError("unknown_issuer", f"issuer {attested.issuer!r} is not trusted")
+        try:
+            rebuilt: VerifiedIdentity = map_claims(
+                json.loads(attested.claims_json), issuer, token_sha256
+            ).to_verified()
+        except (IdentityError, ValueError) as exc:
+            raise CredentialError(
+                "bad_attestation", f"attested claims do not map to an identity: {exc}"
+            ) from None
+        fields = ("subject", "issuer", "groups", "service_account", "actor")
+        if any(
+            tuple(getattr(rebuilt, f)) != tuple(getattr(attested, f))
+            if f == "groups"
+            else getattr(rebuilt, f) != getattr(attested, f)
+            for f in fields
+        ):
+            raise CredentialError(
+                "bad_attestation", "attested identity fields disagree with its signed claims"
+            )
+        return rebuilt
