@@ -9,7 +9,6 @@ decided for an unknown caller.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -264,12 +263,19 @@ def approval_satisfied(policy: Policy) -> Callable[[ApprovalState], bool]:
 
 
 class CredentialChecker:
-    """Turns a Credential into a VerifiedIdentity (I/O: JWKS, keys) or a CredentialError."""
+    """Turns a Credential into a VerifiedIdentity (I/O: JWKS, keys) or a CredentialError.
+
+    A thin adapter over ``ingress.credentials.CredentialVerifier``, the one place that unseals
+    tokens and checks ingress attestations (re-deriving the identity from the signed claims),
+    so the HTTP path and the Kafka path can never disagree on who a caller is.
+    """
 
     def __init__(self, token_verifier: Any, sealing_key: Any, attestation_keys: dict[str, Any]) -> None:
-        self.token_verifier = token_verifier
-        self.sealing_key = sealing_key
-        self.attestation_keys = attestation_keys
+        from ingress.credentials import CredentialVerifier
+
+        self._verifier = CredentialVerifier(
+            token_verifier, sealing_key=sealing_key, ingress_keys=attestation_keys
+        )
 
     def check(
         self,
@@ -280,71 +286,14 @@ class CredentialChecker:
         sql_sha256: str | None = None,
     ) -> VerifiedIdentity:
         from ingress.identity import IdentityError
-        from ingress.sealing import SealingError, unseal_token, verify_attestation
 
-        if credential.sealed_token is not None:
-            if self.sealing_key is None:
-                raise CredentialError("sealing_key_missing", "the worker has no token sealing key")
-            try:
-                token = unseal_token(credential.sealed_token, self.sealing_key, request_id)
-            except SealingError as exc:
-                raise CredentialError("bad_seal", str(exc)) from None
-            if hashlib.sha256(token.strip().encode()).hexdigest() != credential.token_sha256:
-                raise CredentialError("token_hash_mismatch", "token does not match its stated SHA-256")
-            try:
-                verified: VerifiedIdentity = self.token_verifier.verify(token).to_verified()
-            except IdentityError as exc:
-                raise CredentialError(exc.code, exc.message) from None
-            return verified
-        attested = credential.attested
-        if attested is not None and credential.attestation_signature is not None:
-            key = self.attestation_keys.get(credential.attestation_key_id or "")
-            if key is None:
-                raise CredentialError("unknown_key", "attestation signed by an unknown ingress key")
-            if attested.token_sha256 != credential.token_sha256:
-                raise CredentialError("token_hash_mismatch", "attested identity is for another token")
-            try:
-                verify_attestation(
-                    key,
-                    credential.attestation_signature,
-                    request_id=request_id,
-                    token_sha256=credential.token_sha256,
-                    claims_json=attested.claims_json,
-                    sql=sql,
-                    sql_sha256=sql_sha256,
-                )
-            except SealingError as exc:
-                raise CredentialError("bad_attestation", str(exc)) from None
-            return self._rebuild_attested(attested, credential.token_sha256)
-        raise CredentialError("missing_token", "the credential carries neither a token nor an attestation")
-
-    def _rebuild_attested(self, attested: VerifiedIdentity, token_sha256: str) -> VerifiedIdentity:
-        """The ingress signs claims_json only, so subject, groups and the rest are derived again
-        from the signed claims with this side's issuer settings; a mismatch means someone who can
-        write the requests topic edited them (e.g. added a group) and the request is refused."""
-        import json
-
-        from ingress.identity import IdentityError, map_claims
-
-        issuer = self.token_verifier.issuer_settings(attested.issuer)
-        if issuer is None:
-            raise CredentialError("unknown_issuer", f"issuer {attested.issuer!r} is not trusted")
         try:
-            rebuilt: VerifiedIdentity = map_claims(
-                json.loads(attested.claims_json), issuer, token_sha256
-            ).to_verified()
-        except (IdentityError, ValueError) as exc:
-            raise CredentialError(
-                "bad_attestation", f"attested claims do not map to an identity: {exc}"
-            ) from None
-        fields = ("subject", "issuer", "groups", "service_account", "actor")
-        if any(
-            tuple(getattr(rebuilt, f)) != tuple(getattr(attested, f))
-            if f == "groups"
-            else getattr(rebuilt, f) != getattr(attested, f)
-            for f in fields
-        ):
-            raise CredentialError(
-                "bad_attestation", "attested identity fields disagree with its signed claims"
+            identity = self._verifier.verify(
+                credential, request_id=request_id, sql=sql, sql_sha256=sql_sha256
             )
-        return rebuilt
+        except IdentityError as exc:
+            raise CredentialError(exc.code, exc.message) from None
+        except ValueError as exc:  # claims_json that is not JSON
+            raise CredentialError("malformed", f"credential could not be read: {exc}") from None
+        verified: VerifiedIdentity = identity.to_verified()
+        return verified
