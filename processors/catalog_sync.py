@@ -100,40 +100,11 @@ def _database_tables(conn: Any, db: str, base: Catalog | None, count_rows: bool)
 
 
 def connect(profile: SnowflakeProfile) -> Any:
-    """A connection for catalog reads: password (emulator) or key-pair JWT (real account)."""
-    import snowflake.connector
+    """A connection for catalog reads, made like the executor's (password for the emulator,
+    key-pair JWT for a real account) and tagged so catalog reads stand apart in QUERY_HISTORY."""
+    from processors.executor import connect as executor_connect
 
-    kwargs: dict[str, Any] = {
-        "account": profile.account,
-        "user": profile.user,
-        "protocol": profile.protocol,
-        "login_timeout": profile.login_timeout_s,
-        "network_timeout": profile.network_timeout_s,
-        "session_parameters": {"QUERY_TAG": "querytrail-catalog-sync"},
-    }
-    for name, value in (
-        ("host", profile.host),
-        ("port", profile.port),
-        ("warehouse", profile.warehouse),
-        ("role", profile.role),
-    ):
-        if value is not None:
-            kwargs[name] = value
-    if profile.private_key_path is not None:
-        from cryptography.hazmat.primitives import serialization
-
-        passphrase = profile.private_key_passphrase
-        key = serialization.load_pem_private_key(
-            profile.private_key_path.read_bytes(),
-            password=passphrase.get_secret_value().encode() if passphrase else None,
-        )
-        kwargs["authenticator"] = "SNOWFLAKE_JWT"
-        kwargs["private_key"] = key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    elif profile.password is not None:
-        kwargs["password"] = profile.password.get_secret_value()
-    return snowflake.connector.connect(**kwargs)
+    return executor_connect(profile, {"QUERY_TAG": "querytrail-catalog-sync"})
 
 
 def catalog_events(

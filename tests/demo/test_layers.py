@@ -132,7 +132,8 @@ def test_decision_code_reaches_no_kafka_client() -> None:
 def test_only_executor_and_catalog_sync_import_snowflake_connector() -> None:
     users = {mod for mod in MODULES if any(_is(n, "snowflake") for n in imports(mod))}
     assert users <= SNOWFLAKE_ALLOWED, f"snowflake.connector imported by {sorted(users - SNOWFLAKE_ALLOWED)}"
-    assert {"processors.executor", "processors.catalog_sync"} <= users
+    # the executor is the one place in the pipeline that connects (catalog_sync goes through it)
+    assert "processors.executor" in users
 
 
 def test_only_sinks_imports_pyiceberg() -> None:
