@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "safe"]
@@ -41,7 +42,8 @@ def register(subparsers: Any) -> None:
     for name, verdict in (("approve", "approve"), ("deny", "deny")):
         p = subparsers.add_parser(name, help=f"{name} a pending statement with your own token")
         p.add_argument("request_id")
-        p.add_argument("--token", help="your bearer token (default: $QUERYTRAIL_TOKEN)")
+        p.add_argument("--token", help="your bearer token (default: $QUERYTRAIL_TOKEN); visible in ps")
+        p.add_argument("--token-file", help="read your bearer token from this file (keeps it off argv)")
         p.add_argument("--comment", required=verdict == "deny")
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the judgement")
         p.add_argument("--statement-sha256", help="the hash `approvals show` printed: refuse if it changed")
@@ -211,8 +213,14 @@ def _verdict(args: argparse.Namespace) -> int:
 
     settings = _settings()
     token = args.token or os.environ.get("QUERYTRAIL_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"querytrail: cannot read --token-file: {exc.strerror}", file=sys.stderr)
+            return 2
     if not token:
-        print("querytrail: --token or QUERYTRAIL_TOKEN is required", file=sys.stderr)
+        print("querytrail: --token, --token-file or QUERYTRAIL_TOKEN is required", file=sys.stderr)
         return 2
     _, asked = _states(settings)
     event = asked.get(args.request_id)

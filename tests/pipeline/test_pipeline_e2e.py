@@ -88,7 +88,9 @@ def test_invalid_tokens_are_rejected_at_identity(pipeline: Pipeline) -> None:
         assert outcome.decision is None  # nothing is decided for an unverified caller
 
 
-def test_privileged_query_waits_and_only_a_valid_approver_releases_it(pipeline: Pipeline) -> None:
+def test_privileged_query_waits_and_only_a_valid_approver_releases_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     from ingress.client import QueryClient
     from schemas.events import ClientContext, Target
 
@@ -120,7 +122,9 @@ def test_privileged_query_waits_and_only_a_valid_approver_releases_it(pipeline: 
         assert outsider.returncode == 1 and "not_in_approver_group" in outsider.stdout
         assert sub.wait(2).status == "awaiting_approval"
 
-        alice = pipeline.cli("approve", rid, "--token", pipeline.token("alice", ("data-security",)))
+        token_file = tmp_path / "alice.jwt"  # --token-file keeps the token off argv (ps)
+        token_file.write_text(pipeline.token("alice", ("data-security",)) + "\n")
+        alice = pipeline.cli("approve", rid, "--token-file", str(token_file))
         assert alice.returncode == 0 and "accepted" in alice.stdout, alice.stdout + alice.stderr
         outcome = sub.wait(60)
         assert outcome.status == "completed", outcome.to_json()
