@@ -42,6 +42,7 @@ __all__ = [
     "die_with_parent",
     "ensure_port_free",
     "find_java",
+    "new_cluster_id",
     "resolve_kafka_jars",
     "stop_process",
     "tail",
@@ -246,6 +247,16 @@ logger.config.level = WARN
 """
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own ``Uuid.randomUuid()`` makes it: base64url of 16 random
+    bytes, never starting with '-' (the storage tool's argument parser would read it as a flag;
+    this once failed a CI run, about one start in 64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaBroker:
     """One KRaft broker+controller on 127.0.0.1, storage under ``home/kafka``."""
 
@@ -336,9 +347,9 @@ class KafkaBroker:
         config.write_text(self._properties(), encoding="utf-8")
         (self.dir / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             fmt = subprocess.run(
-                self._java(java, lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._java(java, lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)),
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:
