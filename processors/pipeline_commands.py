@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -195,21 +194,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verdict(args: argparse.Namespace) -> int:
-    from confluent_kafka import OFFSET_END, TopicPartition
-
-    from infra.clients import make_consumer
-    from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
-    from processors.kafka_io import Publisher
-    from schemas.codec import DecodeError, EventCodec
-    from schemas.events import (
-        ApprovalVerdict,
-        ApprovalVerdictRecorded,
-        Credential,
-        new_event_id,
-        producer,
-        utcnow,
-    )
-    from schemas.topics import topic_names
+    from processors.verdicts import send_verdict
+    from schemas.codec import EventCodec
 
     settings = _settings()
     token = args.token or os.environ.get("QUERYTRAIL_TOKEN")
@@ -230,43 +216,20 @@ def _verdict(args: argparse.Namespace) -> int:
     if args.statement_sha256 and args.statement_sha256 != event.statement_sha256:
         print("querytrail: the pending statement is not the one you reviewed (hash differs)", file=sys.stderr)
         return 1
-    verdict = ApprovalVerdict(
-        event_id=new_event_id(),
+    sent, judged = send_verdict(
+        settings,
+        EventCodec(settings.kafka.schema_registry_url),
         request_id=args.request_id,
-        session_id=event.session_id,
-        occurred_at=utcnow(),
-        producer=producer("cli"),
-        verdict=args.verdict,
         statement_sha256=event.statement_sha256,  # the statement this approver was shown
-        credential=Credential(
-            sealed_token=seal_token(token, load_sealing_public_key(settings), args.request_id),
-            token_sha256=token_sha256(token),
-        ),
+        token=token,
+        verdict=args.verdict,
         comment=args.comment,
+        wait_s=args.wait,
+        session_id=event.session_id,
     )
-    codec = EventCodec(settings.kafka.schema_registry_url)
-    # Position at the end of the decisions topic first, then publish: the judgement comes after.
-    consumer = make_consumer(settings.kafka, f"querytrail-verdict-{verdict.event_id}")
-    try:
-        decisions = topic_names(settings.kafka.topic_prefix)["decisions"]
-        parts = consumer.list_topics(decisions, timeout=10).topics[decisions].partitions
-        consumer.assign([TopicPartition(decisions, p, OFFSET_END) for p in parts])
-        consumer.poll(0.5)
-        Publisher(settings, "cli", codec).publish([verdict])
-        deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None or msg.key() != args.request_id.encode():
-                continue
-            try:
-                judged = codec.decode(msg.value() or b"")
-            except DecodeError:
-                continue
-            if isinstance(judged, ApprovalVerdictRecorded) and judged.verdict_event_id == verdict.event_id:
-                state = "accepted" if judged.accepted else "refused"
-                print(f"{args.verdict} {state}: {safe(judged.reason)}")
-                return 0 if judged.accepted else 1
-    finally:
-        consumer.close()
-    print(f"{args.verdict} sent ({verdict.event_id}); no judgement within {args.wait:.0f}s")
-    return 3
+    if judged is None:
+        print(f"{args.verdict} sent ({sent.event_id}); no judgement within {args.wait:.0f}s")
+        return 3
+    state = "accepted" if judged.accepted else "refused"
+    print(f"{args.verdict} {state}: {safe(judged.reason)}")
+    return 0 if judged.accepted else 1

@@ -73,38 +73,15 @@ class Demo:
 
     def verdict(self, request_id: str, statement_sha256: str, token: str) -> tuple[bool, str]:
         """Send an ApprovalVerdict as ``querytrail approve`` does; (accepted, reason) once judged."""
-        from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
-        from processors.kafka_io import Publisher, read_topic
-        from schemas.codec import DecodeError
-        from schemas.events import (
-            ApprovalVerdict,
-            ApprovalVerdictRecorded,
-            Credential,
-            new_event_id,
-            producer,
-            utcnow,
-        )
+        from processors.verdicts import send_verdict
 
-        sealed = seal_token(token, load_sealing_public_key(self.settings), request_id)
-        event = ApprovalVerdict(
-            event_id=new_event_id(), request_id=request_id, occurred_at=utcnow(), producer=producer("cli"),
-            verdict="approve", statement_sha256=statement_sha256,
-            credential=Credential(sealed_token=sealed, token_sha256=token_sha256(token)), comment="demo",
+        _, judged = send_verdict(
+            self.settings, self.codec, request_id=request_id, statement_sha256=statement_sha256,
+            token=token, verdict="approve", comment="demo", wait_s=self.wait_s,
         )  # fmt: skip
-        Publisher(self.settings, "cli", self.codec).publish([event])
-        deadline = time.monotonic() + self.wait_s
-        while time.monotonic() < deadline:
-            for msg in read_topic(self.settings, "decisions"):
-                if msg.key() != request_id.encode():
-                    continue
-                try:
-                    judged = self.codec.decode(msg.value() or b"")
-                except DecodeError:
-                    continue
-                if isinstance(judged, ApprovalVerdictRecorded) and judged.verdict_event_id == event.event_id:
-                    return bool(judged.accepted), str(judged.reason)
-            time.sleep(0.5)
-        raise AssertionError(f"no judgement of the verdict within {self.wait_s:.0f}s")
+        if judged is None:
+            raise AssertionError(f"no judgement of the verdict within {self.wait_s:.0f}s")
+        return bool(judged.accepted), str(judged.reason)
 
     # -- the story -----------------------------------------------------------------------------
     def safe_query(self) -> str:
