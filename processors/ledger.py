@@ -59,7 +59,7 @@ def _now() -> str:
 
 
 class Ledger:
-    """One SQLite file; every write is its own transaction with synchronous=FULL.
+    """One SQLite file (WAL); every write is its own transaction with synchronous=FULL.
 
     Thread-safe: the executor runs statements in parallel; one lock serialises the (short)
     SQLite calls, and the UNIQUE columns make ``record`` the single point of arbitration.
@@ -69,8 +69,10 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # FULL + rollback journal: the commit returns only after the file is fsynced
-        self._db.execute("PRAGMA journal_mode=DELETE")
+        # WAL + FULL: a commit returns only after the log is fsynced, so a write is durable
+        # before the statement runs; one fsync per commit instead of the rollback journal's
+        # three (0.3 ms instead of 0.8 ms here, four commits on every request's critical path)
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
