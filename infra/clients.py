@@ -111,6 +111,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> QtCo
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "socket.connection.setup.timeout.ms": 5000,
+            "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
             "error_cb": watch,
             "logger": _rdkafka_log,
         }

@@ -83,6 +83,26 @@ def _strip_credential(request: QueryRequested) -> QueryRequested:
     return replace(request, credential=Credential(token_sha256=request.credential.token_sha256))
 
 
+def _short_fetch_wait(ms: int) -> None:
+    """faust hard-codes aiokafka's fetch_max_wait_ms=1500; set ours (a long-polling fetch added
+    several ms between a record's arrival and the agent seeing it, measured in bench/gateway.py)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "querytrail_fetch_wait", None) == ms:
+        return
+    original = getattr(create, "__wrapped__", create)
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms  # read when the consumer starts its fetcher
+        return consumer
+
+    create_worker_consumer.__wrapped__ = original  # type: ignore[attr-defined]
+    create_worker_consumer.querytrail_fetch_wait = ms  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
 def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust.App:
     """The faust app for ``settings`` (topics under its prefix, state under its home)."""
     rt = runtime or WorkerRuntime(settings)
@@ -101,11 +121,15 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         topic_replication_factor=settings.kafka.replication_factor,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=1,
+        # commits need not follow every record: a redelivered request is deduplicated by `seen`;
+        # committing each one cost a broker round trip per record in the consumer's thread
+        broker_commit_every=settings.worker.commit_every,
+        broker_commit_interval=settings.worker.commit_interval_s,
         # a restarted worker gets its partitions (and table state) back within seconds
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
+    _short_fetch_wait(settings.kafka.fetch_wait_max_ms)
     requests_topic = app.topic(names["requests"], key_type=bytes, value_type=bytes)
     verdicts_topic = app.topic(names["approvals"], key_type=bytes, value_type=bytes)
     # use_partitioner: changelog records are keyed by request id and partitioned like every

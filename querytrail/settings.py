@@ -60,6 +60,7 @@ class KafkaSettings(_Frozen):
     replication_factor: int = 1
     schema_registry_url: str | None = None  # when set, Confluent framing is used to produce
     delivery_timeout_s: float = 30.0  # a produce fails (naming the broker) after this, never hangs
+    fetch_wait_max_ms: int = 10  # a consumer's long poll; short, so a record is seen within ms
 
     def confluent_config(self) -> dict[str, Any]:
         """librdkafka settings shared by every confluent-kafka client."""
@@ -175,6 +176,8 @@ class WorkerSettings(_Frozen):
     resolved_retention_s: float = 86_400.0  # resolved approvals are kept this long for late verdicts
     reconcile_s: float = 10.0  # how often requests committed past but never decided are looked for
     reconcile_window_s: float = 3600.0  # how far back the first look goes after a start
+    commit_every: int = 100  # input offsets are committed after this many records (or commit_interval_s)
+    commit_interval_s: float = 1.0  # ... or this often; redelivered requests are deduplicated
 
 
 class LocalStackSettings(_Frozen):
