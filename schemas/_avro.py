@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any
 
 __all__ = [
@@ -453,6 +454,7 @@ def native_program(schema: dict[str, Any], classes: dict[str, type]) -> tuple[An
     return _Program(classes).node(schema)
 
 
+_cavro: ModuleType | None
 try:
     from schemas import _cavro
 except ImportError as exc:  # not built (e.g. a source checkout without build_ext): the Python path
