@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import io
 import os
 import subprocess
 import sys
@@ -16,10 +15,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemas_samples import approval_verdict, fastavro_body, query_rejected, result_page
 from schemas_strategies import EVENT_STRATEGIES, SCHEMAS, other_zones
 
 from schemas import _avro, events
@@ -51,39 +50,7 @@ def codecs() -> dict[str, EventCodec]:
     return {"native": native, "python": python}
 
 
-def _fastavro_body(event: Any) -> bytes:
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, CURRENT[type(event).__name__].parsed, dataclasses.asdict(event))
-    return out.getvalue()
-
-
 # ---- events
-
-
-def _page() -> events.ResultPage:
-    return events.ResultPage(
-        event_id=events.new_event_id(),
-        request_id="req-é",
-        occurred_at=events.utcnow(),
-        producer=events.producer("executor"),
-        page=0,
-        rows_json="[]",
-        row_offset=0,
-        last=True,
-    )
-
-
-def _rejected() -> events.QueryRejected:
-    return events.QueryRejected(
-        event_id=events.new_event_id(),
-        request_id="r",
-        occurred_at=events.utcnow(),
-        producer=events.producer("worker"),
-        stage="policy",
-        reason_code="denied_by_policy",
-        reason="no rule allows it",
-        rules=("rule-1",),
-    )
 
 
 def _request() -> events.QueryRequested:
@@ -156,7 +123,7 @@ def test_native_bytes_equal_python_and_fastavro(name: str, data: st.DataObject) 
     event = data.draw(EVENT_STRATEGIES[name])
     native, python = NATIVE[name], PYTHON[name]
     body = native.encode(event, b"")
-    assert body == python.encode(event, b"") == _fastavro_body(event)
+    assert body == python.encode(event, b"") == fastavro_body(event)
     assert native.encode(event, b"\xc3\x01pre") == b"\xc3\x01pre" + body
     got, end = native.decode(body, 0, len(body))
     assert end == len(body) and got == event and type(got) is type(event)
@@ -170,7 +137,7 @@ def test_native_bytes_equal_python_and_fastavro(name: str, data: st.DataObject) 
     when=st.datetimes(timezones=other_zones, min_value=datetime(1, 1, 3), max_value=datetime(9999, 12, 30))
 )
 def test_other_time_zones_encode_the_same_instant(when: datetime) -> None:
-    ev = dataclasses.replace(_page(), occurred_at=when)
+    ev = dataclasses.replace(result_page(), occurred_at=when)
     body = NATIVE["ResultPage"].encode(ev, b"")
     assert body == PYTHON["ResultPage"].encode(ev, b"")
     got, _ = NATIVE["ResultPage"].decode(body, 0, len(body))
@@ -189,9 +156,9 @@ def test_other_time_zones_encode_the_same_instant(when: datetime) -> None:
     ],
 )
 def test_timestamp_edges(when: datetime) -> None:
-    ev = dataclasses.replace(_page(), occurred_at=when)
+    ev = dataclasses.replace(result_page(), occurred_at=when)
     body = NATIVE["ResultPage"].encode(ev, b"")
-    assert body == PYTHON["ResultPage"].encode(ev, b"") == _fastavro_body(ev)
+    assert body == PYTHON["ResultPage"].encode(ev, b"") == fastavro_body(ev)
     assert NATIVE["ResultPage"].decode(body, 0, len(body))[0].occurred_at == when
 
 
@@ -211,7 +178,7 @@ def test_decoded_objects_look_like_the_python_ones() -> None:
 
 def test_blocks_and_negative_counts_from_other_writers() -> None:
     """Java writers may split arrays/maps in blocks, with a negative count and a byte size."""
-    ev = dataclasses.replace(_rejected(), rules=("a", "bc", "d"))
+    ev = dataclasses.replace(query_rejected(), rules=("a", "bc", "d"))
     body = NATIVE["QueryRejected"].encode(ev, b"")
     one_block = encode_long(3) + b"\x02a\x04bc\x02d" + b"\x00"
     assert one_block in body
@@ -225,16 +192,8 @@ def test_blocks_and_negative_counts_from_other_writers() -> None:
 
 
 def _refusals() -> list[tuple[str, Any]]:
-    page, req, rejected = _page(), _request(), _rejected()
-    verdict = events.ApprovalVerdict(
-        event_id=events.new_event_id(),
-        request_id="r",
-        occurred_at=events.utcnow(),
-        producer=events.producer("cli"),
-        verdict="approve",
-        statement_sha256="ab",
-        credential=events.Credential(token_sha256="t"),
-    )
+    page, req, rejected = result_page(), _request(), query_rejected()
+    verdict = approval_verdict()
     r = dataclasses.replace
     return [
         ("str for an int", r(page, page="1")),
@@ -292,10 +251,10 @@ def test_native_messages_name_the_field(codecs: dict[str, EventCodec]) -> None:
     with pytest.raises(EncodeError, match=r"ClientContext\.extra: expected a dict, got NoneType"):
         codecs["native"].encode(dataclasses.replace(_request(), context=events.ClientContext(extra=None)))  # type: ignore[arg-type]
     with pytest.raises(EncodeError, match=r"ResultPage\.page: value out of range for an Avro int") as err:
-        codecs["native"].encode(dataclasses.replace(_page(), page=2**40))
+        codecs["native"].encode(dataclasses.replace(result_page(), page=2**40))
     assert isinstance(err.value.__cause__, OverflowError)
     with pytest.raises(EncodeError, match=r"ResultPage\.request_id: expected str, got bytes") as err:
-        codecs["native"].encode(dataclasses.replace(_page(), request_id=b"secret-token"))
+        codecs["native"].encode(dataclasses.replace(result_page(), request_id=b"secret-token"))
     assert "secret-token" not in str(err.value)
 
 
@@ -305,14 +264,14 @@ def test_native_messages_name_the_field(codecs: dict[str, EventCodec]) -> None:
 )
 def test_native_is_stricter_where_python_relied_on_hash_equality(change: dict[str, Any], note: str) -> None:
     """The generated Python looks values up in dicts, so 1 == True and 1.0 == 1 slip through."""
-    ev = dataclasses.replace(_page(), **change)
+    ev = dataclasses.replace(result_page(), **change)
     PYTHON["ResultPage"].encode(ev, b"")
     with pytest.raises(TypeError):
         NATIVE["ResultPage"].encode(ev, b"")
 
 
 def test_bool_is_an_int_on_both_paths() -> None:
-    ev = dataclasses.replace(_page(), page=True)
+    ev = dataclasses.replace(result_page(), page=True)
     assert NATIVE["ResultPage"].encode(ev, b"") == PYTHON["ResultPage"].encode(ev, b"")
 
 
@@ -327,7 +286,7 @@ def _only_corrupt_body(name: str, data: bytes) -> None:
 
 
 def test_every_truncation_fails_cleanly(codecs: dict[str, EventCodec]) -> None:
-    for event in (_request(), _page(), _rejected()):
+    for event in (_request(), result_page(), query_rejected()):
         name = type(event).__name__
         body = NATIVE[name].encode(event, b"")
         framed = codecs["native"].encode(event)
