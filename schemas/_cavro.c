@@ -94,16 +94,15 @@ static Node *node_build(PyObject *spec, int depth) {
         return NULL;
     }
     Py_ssize_t size = PyTuple_GET_SIZE(spec);
-    const char *kname = PyUnicode_AsUTF8(PyTuple_GET_ITEM(spec, 0));
-    if (kname == NULL) return NULL;
     int kind = -1;
     for (int k = 0; k < N_KINDS; k++) {
-        if (strcmp(kname, KIND_NAMES[k]) == 0) kind = k;
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(spec, 0), KIND_NAMES[k]) == 0) kind = k;
     }
     if (kind < 0) {
-        PyErr_Format(PyExc_ValueError, "unknown program node kind %s", kname);
+        PyErr_Format(PyExc_ValueError, "unknown program node kind %R", PyTuple_GET_ITEM(spec, 0));
         return NULL;
     }
+    const char *kname = KIND_NAMES[kind];
     Node *n = PyMem_Calloc(1, sizeof(Node));
     if (n == NULL) {
         PyErr_NoMemory();

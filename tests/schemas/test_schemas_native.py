@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -160,6 +161,22 @@ def test_timestamp_edges(when: datetime) -> None:
     body = NATIVE["ResultPage"].encode(ev, b"")
     assert body == PYTHON["ResultPage"].encode(ev, b"") == fastavro_body(ev)
     assert NATIVE["ResultPage"].decode(body, 0, len(body))[0].occurred_at == when
+
+
+def test_zoneinfo_folds_keep_the_instant() -> None:
+    try:
+        paris = ZoneInfo("Europe/Paris")
+    except ZoneInfoNotFoundError:
+        pytest.skip("no time zone database")
+    for when in [
+        datetime(2026, 10, 25, 2, 30, tzinfo=paris),  # 02:30 happens twice: fold picks which
+        datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=paris),
+        datetime(2026, 3, 29, 2, 30, tzinfo=paris),  # does not exist: utcoffset still answers
+    ]:
+        ev = dataclasses.replace(result_page(), occurred_at=when)
+        body = NATIVE["ResultPage"].encode(ev, b"")
+        assert body == PYTHON["ResultPage"].encode(ev, b"") == fastavro_body(ev)
+        assert NATIVE["ResultPage"].decode(body, 0, len(body))[0].occurred_at == when.astimezone(UTC)
 
 
 def test_decoded_objects_look_like_the_python_ones() -> None:
