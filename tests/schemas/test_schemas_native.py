@@ -418,6 +418,18 @@ def test_small_values_of_every_kind_round_trip() -> None:
         _box(("float",)).encode(_Box(v=1e300))
 
 
+def test_records_wider_than_the_stack_buffer() -> None:
+    wide = dataclasses.make_dataclass("Wide", [f"f{i}" for i in range(40)], frozen=True, kw_only=True)
+    codec = _Codec(("record", "Wide", wide, tuple((f"f{i}", ("long",)) for i in range(40))), CorruptBody)
+    value = wide(**{f"f{i}": i * 1000 for i in range(40)})
+    body = codec.encode(value)
+    assert codec.decode(body, 0, len(body)) == (value, len(body))
+    assert list(vars(codec.decode(body, 0, len(body))[0])) == [f"f{i}" for i in range(40)]
+    for cut in range(len(body)):
+        with pytest.raises(CorruptBody):
+            codec.decode(body, 0, cut)
+
+
 def test_programs_are_checked() -> None:
     deep: tuple[Any, ...] = ("long",)
     for _ in range(40):
