@@ -1,6 +1,7 @@
 """Events/s for encode+decode of a realistic QueryRequested: the querytrail codec next to json.
 
 Run: python bench/codec.py [--seconds 0.5] [--repeat 5]
+(QUERYTRAIL_CODEC=python times the generated-Python fallback instead of the C extension.)
 
 Each row is one full round trip per event (dataclass -> bytes -> dataclass), best of
 ``--repeat`` timed runs, so noise from other processes on the machine only lowers numbers.
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         ("json (to_json_dict + from_json_dict)", as_json, len(json.dumps(to_json_dict(event)).encode())),
     ]
     print(
-        f"QueryRequested: prompt {len(event.prompt)} chars, sql {len(event.sql)} chars, cpus {os.cpu_count()}"
+        f"QueryRequested: prompt {len(event.prompt)} chars, sql {len(event.sql)} chars, cpus {os.cpu_count()}, "
+        f"codec backend {codec.backend}"  # native (C extension) or python (QUERYTRAIL_CODEC=python, or not built)
     )
     print(f"{'encode+decode round trip':40s} {'events/s':>10s} {'per CPU-s':>10s} {'bytes/event':>12s}")
     rates = {}

@@ -31,7 +31,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from schemas import events
-from schemas._avro import compile_record
+from schemas._avro import NATIVE_UNAVAILABLE, codec_backend, compile_codec
 from schemas._convert import JSON_ERRORS, build_converters
 
 __all__ = [
@@ -134,13 +134,17 @@ _Reader = Callable[[bytes, int, int], Any]
 
 @lru_cache(maxsize=1)
 def _tables() -> dict[str, Any]:
-    """Generated functions and converters for every current schema, built once per process."""
+    """Current schemas and JSON converters, built once per process."""
     current = {v.name: v for v in schema_versions() if v.version == "current"}
-    return {
-        "current": current,
-        "fast": {n: compile_record(v.schema, _CLASSES) for n, v in current.items()},
-        "conv": {n: build_converters(v.schema, _CLASSES) for n, v in current.items()},
-    }
+    return {"current": current, "conv": {n: build_converters(v.schema, _CLASSES) for n, v in current.items()}}
+
+
+@lru_cache(maxsize=2)
+def _fast(backend: str) -> dict[str, Any]:
+    """Encoder and decoder of every current schema on one backend (native or python), built once."""
+    if backend == "python" and NATIVE_UNAVAILABLE:  # once per process: lru_cache
+        log.warning("Avro codec: using the slower generated-Python path (%s)", NATIVE_UNAVAILABLE)
+    return {n: compile_codec(v.schema, _CLASSES, backend) for n, v in _tables()["current"].items()}
 
 
 _mock_registries: dict[str, Any] = {}
@@ -175,9 +179,11 @@ class EventCodec:
         tables = _tables()
         self._current: dict[str, SchemaVersion] = tables["current"]
         self._conv = tables["conv"]
+        #: "native" (the C extension) or "python" (generated code): QUERYTRAIL_CODEC picks, see _avro.
+        self.backend = codec_backend()
         self._encoders: dict[type, tuple[bytes, Callable[[Any, bytes], bytes]]] = {}
         self._by_fp: dict[bytes, _Reader] = {}
-        for name, fast in tables["fast"].items():
+        for name, fast in _fast(self.backend).items():
             v = self._current[name]
             self._encoders[_CLASSES[name]] = (SINGLE_OBJECT_MARKER + v.fingerprint, fast.encode)
             self._by_fp[v.fingerprint] = self._fast_reader(name, fast.decode)
@@ -280,7 +286,7 @@ class EventCodec:
             except Exception as exc:  # truncation, bad utf-8, overflow: the body is not a valid event
                 raise DecodeError("corrupt_body", f"{name}: {exc!r}") from exc
             if end != n:
-                if end > n:  # a length prefix ran past the end (the generated code leaves this check here)
+                if end > n:  # a length prefix ran past the end (the generated Python leaves this check here)
                     raise DecodeError("corrupt_body", f"{name}: truncated, {end - n} bytes missing")
                 raise DecodeError("trailing_bytes", f"{name}: {n - end} bytes after the body")
             if obj.event_type != name:

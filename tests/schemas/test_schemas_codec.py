@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemas_samples import approval_verdict, fastavro_body, query_rejected, query_requested, result_page
 from schemas_strategies import EVENT_STRATEGIES, SCHEMAS, any_event, other_zones
 
 from schemas import events
@@ -36,13 +35,6 @@ def registry_codec() -> EventCodec:
     return EventCodec("mock://querytrail-tests")
 
 
-def _fastavro_body(event: Any) -> bytes:
-    """The body fastavro writes for the event: an implementation independent of ours."""
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, CURRENT[type(event).__name__].parsed, dataclasses.asdict(event))
-    return out.getvalue()
-
-
 def test_every_event_has_a_strategy() -> None:
     assert set(EVENT_STRATEGIES) == set(events.EVENT_CLASSES) == set(SCHEMAS)
 
@@ -55,7 +47,7 @@ def test_single_object_round_trip_matches_fastavro(name: str, data: st.DataObjec
     encoded = CODEC.encode(event)
     assert encoded[:2] == b"\xc3\x01"
     assert encoded[2:10] == CURRENT[name].fingerprint
-    assert encoded[10:] == _fastavro_body(event)
+    assert encoded[10:] == fastavro_body(event)
     assert CODEC.decode(encoded) == event
 
 
@@ -67,7 +59,7 @@ def test_confluent_round_trip(registry_codec: EventCodec, event: Any) -> None:
     schema_id = int.from_bytes(encoded[1:5], "big")
     registered = registry_codec._registry.get_schema(schema_id)
     assert json.loads(registered.schema_str)["name"] == type(event).__name__
-    assert encoded[5:] == _fastavro_body(event)
+    assert encoded[5:] == fastavro_body(event)
     assert registry_codec.decode(encoded) == event
     # A registry-configured consumer still reads single-object events, and vice versa needs the registry.
     assert registry_codec.decode(CODEC.encode(event)) == event
@@ -76,13 +68,13 @@ def test_confluent_round_trip(registry_codec: EventCodec, event: Any) -> None:
 def test_codecs_on_one_mock_url_share_the_registry() -> None:
     producer, consumer = EventCodec("mock://shared-url"), EventCodec("mock://shared-url")
     other = EventCodec("mock://another-url")
-    other.encode(_query_requested(sealed=None))  # takes id 1 in its own registry
-    page = _result_page()
+    other.encode(query_requested(sealed=None))  # takes id 1 in its own registry
+    page = result_page()
     assert consumer.decode(producer.encode(page)) == page
 
 
 def test_registry_subject_is_record_name(registry_codec: EventCodec) -> None:
-    registry_codec.encode(_result_page())
+    registry_codec.encode(result_page())
     subjects = registry_codec._registry.get_subjects()
     assert subject_for("ResultPage") in subjects
     assert subject_for("ResultPage") == "io.querytrail.events.ResultPage"
@@ -90,7 +82,7 @@ def test_registry_subject_is_record_name(registry_codec: EventCodec) -> None:
 
 def test_confluent_frame_needs_a_registry(registry_codec: EventCodec) -> None:
     with pytest.raises(DecodeError) as err:
-        CODEC.decode(registry_codec.encode(_result_page()))
+        CODEC.decode(registry_codec.encode(result_page()))
     assert err.value.reason == "unknown_schema_id"
 
 
@@ -108,7 +100,7 @@ def test_json_dict_round_trip(event: Any) -> None:
 
 
 def test_json_dict_shapes() -> None:
-    ev = _query_requested(sealed=b"\x00\xff")
+    ev = query_requested(sealed=b"\x00\xff")
     d = to_json_dict(ev)
     assert d["occurred_at"].endswith("+00:00")
     assert d["credential"]["sealed_token"] == "AP8="
@@ -119,27 +111,19 @@ def test_json_dict_shapes() -> None:
 
 @given(when=st.datetimes(timezones=other_zones, min_value=datetime(1900, 1, 2)))
 def test_other_time_zones_keep_the_instant(when: datetime) -> None:
-    ev = dataclasses.replace(_result_page(), occurred_at=when)
+    ev = dataclasses.replace(result_page(), occurred_at=when)
     got = CODEC.decode(CODEC.encode(ev))
     assert got.occurred_at == when and got.occurred_at.tzinfo == UTC
 
 
 def test_decoded_values_have_the_documented_types() -> None:
-    ev = _query_requested(sealed=b"tok")
+    ev = query_requested(sealed=b"tok")
     got = CODEC.decode(CODEC.encode(ev))
     assert isinstance(got, events.QueryRequested) and got == ev
     assert isinstance(got.event_id, str) and got.occurred_at.tzinfo == UTC
     assert isinstance(got.credential.sealed_token, bytes)
     assert isinstance(got.context.extra, dict)
-    verdict = events.ApprovalVerdict(
-        event_id=events.new_event_id(),
-        request_id="r",
-        occurred_at=events.utcnow(),
-        producer=events.producer("cli"),
-        verdict="approve",
-        statement_sha256="ab",
-        credential=events.Credential(token_sha256="t"),
-    )
+    verdict = approval_verdict("approve")
     decoded = CODEC.decode(CODEC.encode(verdict))
     assert decoded.verdict == "approve" and type(decoded.verdict) is str
     # memoryview / bytearray input (what some Kafka clients hand out) decode the same.
@@ -163,7 +147,7 @@ def test_decoded_values_have_the_documented_types() -> None:
 )
 def test_encode_errors(change: dict[str, Any], match: str) -> None:
     with pytest.raises(EncodeError, match=match) as err:
-        CODEC.encode(dataclasses.replace(_result_page(), **change))
+        CODEC.encode(dataclasses.replace(result_page(), **change))
     assert "secret-token" not in str(err.value)  # a value in the wrong field may be a secret
 
 
@@ -171,33 +155,14 @@ def test_encode_refuses_non_events_and_bad_enums() -> None:
     with pytest.raises(EncodeError, match="not a querytrail event"):
         CODEC.encode({"event_type": "ResultPage"})
     with pytest.raises(EncodeError):
-        CODEC.encode(
-            events.ApprovalVerdict(
-                event_id=events.new_event_id(),
-                request_id="r",
-                occurred_at=events.utcnow(),
-                producer=events.producer("cli"),
-                verdict="maybe",
-                statement_sha256="ab",
-                credential=events.Credential(token_sha256="t"),
-            )
-        )
+        CODEC.encode(approval_verdict("maybe"))
 
 
 def test_none_for_a_required_collection_is_refused() -> None:
-    ev = _query_requested(sealed=None)
+    ev = query_requested(sealed=None)
     with pytest.raises(EncodeError, match=r"ClientContext\.extra"):
         CODEC.encode(dataclasses.replace(ev, context=events.ClientContext(extra=None)))  # type: ignore[arg-type]
-    rejected = events.QueryRejected(
-        event_id=events.new_event_id(),
-        request_id="r",
-        occurred_at=events.utcnow(),
-        producer=events.producer("worker"),
-        stage="policy",
-        reason_code="denied_by_policy",
-        reason="no rule allows it",
-        rules=None,  # type: ignore[arg-type]
-    )
+    rejected = query_rejected(rules=None)
     with pytest.raises(EncodeError, match="rules"):
         CODEC.encode(rejected)
     with pytest.raises(EncodeError, match="rules"):
@@ -205,7 +170,7 @@ def test_none_for_a_required_collection_is_refused() -> None:
 
 
 def test_key_for() -> None:
-    assert key_for(_result_page()) == b"req-\xc3\xa9"
+    assert key_for(result_page()) == b"req-\xc3\xa9"
     table = events.CatalogTable(
         event_id=events.new_event_id(),
         request_id="sync-1",
@@ -215,31 +180,3 @@ def test_key_for() -> None:
         columns=(),
     )
     assert key_for(table) == b"ANALYTICS.PUBLIC.CUSTOMERS"
-
-
-def _result_page() -> events.ResultPage:
-    return events.ResultPage(
-        event_id=events.new_event_id(),
-        request_id="req-é",
-        occurred_at=events.utcnow(),
-        producer=events.producer("executor"),
-        page=0,
-        rows_json="[]",
-        row_offset=0,
-        last=True,
-    )
-
-
-def _query_requested(sealed: bytes | None) -> events.QueryRequested:
-    return events.QueryRequested(
-        event_id=events.new_event_id(),
-        request_id="req-1",
-        occurred_at=events.utcnow(),
-        producer=events.producer("cli"),
-        prompt="list customers",
-        model="claude",
-        sql="SELECT 1",
-        target=events.Target(profile="analytics"),
-        context=events.ClientContext(extra={"k": "v"}),
-        credential=events.Credential(sealed_token=sealed, token_sha256="f" * 64),
-    )

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemas_samples import result_page
 from schemas_strategies import any_event
 
 from schemas.codec import DecodeError, EventCodec, schema_versions
@@ -109,7 +110,7 @@ def test_body_reasons() -> None:
 
 def test_event_type_must_match_the_record() -> None:
     fp = {v.name: v.fingerprint for v in schema_versions() if v.version == "current"}["ResultPage"]
-    ok = CODEC.encode(_page())
+    ok = CODEC.encode(result_page())
     body = ok[10:]
     # event_id (36 bytes + 1 length byte), then event_type "ResultPage" -> "ResultPagX"
     assert body[38:48] == b"ResultPage"
@@ -127,18 +128,3 @@ def test_registry_outage_is_retryable() -> None:
     with pytest.raises(DecodeError) as err:
         codec.decode(b"\x00\x00\x00\x00\x05" + b"\x00" * 10)
     assert err.value.reason == "registry_unavailable" and err.value.retryable
-
-
-def _page() -> Any:
-    from schemas import events
-
-    return events.ResultPage(
-        event_id=events.new_event_id(),
-        request_id="r",
-        occurred_at=events.utcnow(),
-        producer=events.producer("executor"),
-        page=0,
-        rows_json="[]",
-        row_offset=0,
-        last=True,
-    )

@@ -11,6 +11,7 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 from hypothesis import given, settings
+from schemas_samples import query_requested
 from schemas_strategies import EVENT_STRATEGIES
 
 from schemas import events
@@ -107,7 +108,7 @@ def test_old_writer_through_the_registry() -> None:
     schema_id = codec._registry.register_schema(
         subject_for("QueryRequested"), Schema(json.dumps(V1.schema), "AVRO")
     )
-    event = _query(max_rows=None)
+    event = query_requested(sealed=None)
     assert codec.decode(b"\x00" + schema_id.to_bytes(4, "big") + _v1_body(event)) == event
     # And the current writer gets a new id under the same subject.
     new = codec.encode(dataclasses.replace(event, max_rows=10))
@@ -130,19 +131,3 @@ def _lists_to_tuples(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return tuple(_lists_to_tuples(i) for i in v)
     return v
-
-
-def _query(max_rows: int | None) -> events.QueryRequested:
-    return events.QueryRequested(
-        event_id=events.new_event_id(),
-        request_id="req-1",
-        occurred_at=events.utcnow(),
-        producer=events.producer("cli"),
-        prompt="p",
-        model="m",
-        sql="SELECT 1",
-        target=events.Target(profile="analytics"),
-        context=events.ClientContext(),
-        credential=events.Credential(token_sha256="f" * 64),
-        max_rows=max_rows,
-    )
