@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = args.bootstrap
     if args.start_broker:
         from infra.kafka import KafkaBroker
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
         from tests.conftest import free_port, jar_cache
 
         broker = KafkaBroker(home / "kafka", free_port(), free_port(), jar_cache=jar_cache())

@@ -23,7 +23,7 @@ from querytrail.settings import Settings
 from schemas.topics import topic_names
 from sinks.chain import ensure_keypair, load_signer, tp_key
 from sinks.table import load_or_create_table
-from sinks.writer import IcebergSink, Record, StaleStateError
+from sinks.writer import IcebergSink, Record, StaleStateError, no_cyclic_gc
 
 __all__ = ["SinkRunner", "build_sink", "consumer_config", "run_sink", "witness_path"]
 
@@ -139,6 +139,25 @@ class SinkRunner:
                 log.warning("kafka offset commit failed (the table holds the offsets)", exc_info=True)
         return True
 
+    def _take(self, messages: list[Any]) -> None:
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            ts_type, ts = msg.timestamp()
+            self.sink.add(
+                Record(
+                    str(msg.topic()),
+                    int(msg.partition() or 0),
+                    int(msg.offset() or 0),
+                    msg.key(),
+                    msg.value() or b"",
+                    ts if ts_type else None,
+                )
+            )
+
     def run(self) -> None:
         cfg = self.settings.iceberg
         topics = sorted(topic_names(self.settings.kafka.topic_prefix).values())
@@ -148,23 +167,8 @@ class SinkRunner:
         try:
             while not self.stop.is_set():
                 room = max(1, cfg.batch_size - self.sink.buffered)
-                for msg in self.consumer.consume(num_messages=min(room, 10_000), timeout=0.1):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", err)
-                        continue
-                    ts_type, ts = msg.timestamp()
-                    self.sink.add(
-                        Record(
-                            str(msg.topic()),
-                            int(msg.partition() or 0),
-                            int(msg.offset() or 0),
-                            msg.key(),
-                            msg.value() or b"",
-                            ts if ts_type else None,
-                        )
-                    )
+                with no_cyclic_gc():  # thousands of acyclic objects per batch: see writer.py
+                    self._take(self.consumer.consume(num_messages=min(room, 10_000), timeout=0.1))
                 due = time.monotonic() - last_flush >= cfg.commit_interval_s
                 if self.sink.buffered and (due or self.sink.buffered >= cfg.batch_size):
                     try:

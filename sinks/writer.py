@@ -8,6 +8,7 @@ head of every topic-partition, so the table alone says where to resume.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -15,8 +16,9 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "StaleStateError",
     "TPBatch",
     "convert",
+    "no_cyclic_gc",
     "record_row",
 ]
 
@@ -115,11 +118,30 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic collector while a chunk is converted.
+
+    A chunk allocates ~10 acyclic objects per record (event, nested records, row dict), which
+    reference counting frees; meanwhile the collector ran generation after generation over
+    them and over everything else alive, and cost more than half the conversion time
+    (41 us -> 19 us per event measured with scratch timing of decode, derive and from_pylist).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def convert(records: list[Record], decode: Callable[[bytes], Any] | None = None) -> pa.Table:
     """Rows of a chunk of records as arrow (inline)."""
     fn = decode or _worker_decode
     assert fn is not None
-    return pa.Table.from_pylist([record_row(r, fn) for r in records], schema=BODY_SCHEMA)
+    with no_cyclic_gc():
+        return pa.Table.from_pylist([record_row(r, fn) for r in records], schema=BODY_SCHEMA)
 
 
 def _convert_in_worker(records: list[tuple[Any, ...]]) -> pa.Table:
@@ -180,9 +202,10 @@ class BatchingSink:
             return False
         ok = False
         try:
-            self.write(
-                self._body(), {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order)
-            )
+            with no_cyclic_gc():  # pyiceberg's metadata copies: as many short-lived objects
+                self.write(
+                    self._body(), {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order)
+                )
             ok = True
         finally:
             if ok:
