@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         home=home,
         environment="local",
         kafka=KafkaSettings(bootstrap_servers=bootstrap or "127.0.0.1:1", topic_prefix=prefix),
-        iceberg=IcebergSettings(batch_size=args.batch, commit_interval_s=1.0),
+        iceberg=IcebergSettings(batch_size=args.batch, commit_interval_s=1.0, sink_workers=args.workers),
     )
     names = topic_names(prefix)
     print(f"encoding {args.events} events ...", file=sys.stderr)
