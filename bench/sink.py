@@ -137,6 +137,7 @@ def bench_writer(
 
     sink = build_sink(settings)
     offsets: dict[str, int] = {}
+    writing = None
     started = time.perf_counter()
     for key, value, topic in encoded:
         partition = hash(key) % 3
@@ -144,8 +145,10 @@ def bench_writer(
         off = offsets.get(tp, 0)
         offsets[tp] = off + 1
         sink.add(Record(topic, partition, off, key, value, None))
-        if sink.buffered >= batch:
-            sink.flush()
+        if sink.buffered >= batch:  # as SinkRunner does: the append runs while the next batch fills
+            sink.settle(writing)
+            writing = sink.flush_async()
+    sink.settle(writing)
     sink.flush()
     elapsed = time.perf_counter() - started
     return _summary(

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -80,9 +81,15 @@ class SinkRunner:
         self.assigned: list[TopicPartition] = []
         self.assigned_at: float | None = None
         self.paused = False
+        self._writing: Future[None] | None = None  # the batch being appended in the background
 
     # rebalance callbacks: position from the table, never from Kafka's committed offsets
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._settle()
+        except Exception:  # the table, reloaded below, says where to resume
+            log.warning("background append failed before an assignment", exc_info=True)
+            self.sink.drop()
         state = self._reload_with_retry()
         for tp in partitions:
             nxt = state.offsets.get(tp_key(tp.topic, tp.partition))
@@ -114,6 +121,10 @@ class SinkRunner:
 
     def _reseek(self) -> None:
         """Forget the buffer and position every assigned partition from the table."""
+        try:
+            self._settle()
+        except Exception:  # its rows are re-read from the table's offsets like the rest
+            log.warning("background append failed; re-reading its rows", exc_info=True)
         self.sink.drop()
         state = self._reload_with_retry()
         for tp in self.assigned:
@@ -122,11 +133,27 @@ class SinkRunner:
                 TopicPartition(tp.topic, tp.partition, nxt if nxt is not None else OFFSET_BEGINNING)
             )
 
+    def _settle(self) -> None:
+        """Wait for the background append (raising its error), then record offsets in Kafka."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        self.sink.settle(writing)
+        if self.sink.commit_seconds:
+            SINK_COMMIT_LATENCY.observe(self.sink.commit_seconds[-1])
+        self._commit_offsets()
+
     def _flush(self) -> bool:
+        """Synchronous: the background append, then whatever is buffered (revoke, stop)."""
+        self._settle()
         started = time.monotonic()
         if not self.sink.flush():
             return False
         SINK_COMMIT_LATENCY.observe(time.monotonic() - started)
+        self._commit_offsets()
+        return True
+
+    def _commit_offsets(self) -> None:
         offsets = [
             TopicPartition(t.topic, t.partition, self.sink.state.offsets[k])
             for t in self.assigned
@@ -137,7 +164,6 @@ class SinkRunner:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             except Exception:
                 log.warning("kafka offset commit failed (the table holds the offsets)", exc_info=True)
-        return True
 
     def _take(self, messages: list[Any]) -> None:
         for msg in messages:
@@ -170,25 +196,35 @@ class SinkRunner:
                 with no_cyclic_gc():  # thousands of acyclic objects per batch: see writer.py
                     self._take(self.consumer.consume(num_messages=min(room, 10_000), timeout=0.1))
                 due = time.monotonic() - last_flush >= cfg.commit_interval_s
-                if self.sink.buffered and (due or self.sink.buffered >= cfg.batch_size):
+                flush = bool(self.sink.buffered) and (due or self.sink.buffered >= cfg.batch_size)
+                finished = self._writing is not None and self._writing.done()
+                if flush or finished:
                     try:
-                        self._flush()
+                        had_write = self._writing is not None
+                        self._settle()  # the previous batch first: appends chain on each other
+                        if had_write:
+                            delay = 0.5  # an append went through
+                        if flush:
+                            self._writing = self.sink.flush_async()
+                            last_flush = time.monotonic()
                     except StaleStateError as exc:
                         log.warning("table moved under the sink (%s); re-positioning from it", exc)
                         self._reseek()
                     except Exception:
+                        # The failed batch is no longer buffered: drop what followed it too and
+                        # re-read everything from the offsets the table holds, after a pause.
                         log.warning(
-                            "iceberg append failed; keeping %d rows, retrying in %.1fs",
-                            self.sink.buffered,
+                            "iceberg append failed; re-reading from the table's offsets in %.1fs",
                             delay,
                             exc_info=True,
                         )
                         self._pause(True)
                         self.stop.wait(delay)
                         delay = min(delay * 2, _MAX_BACKOFF_S)
+                        self._reseek()
+                        self._pause(False)
                         continue
                     self._pause(False)
-                    last_flush, delay = time.monotonic(), 0.5
             self._flush()
         finally:
             self.consumer.close()

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -164,12 +164,14 @@ class BatchingSink:
         self._pending: list[Record] = []
         self._pieces: list[Any] = []  # arrow tables or futures of them, in arrival order
         self.buffered = 0
+        self._inflight: dict[tuple[str, int], int] = {}  # last offsets handed to flush_async
+        self._committer: ThreadPoolExecutor | None = None
 
     def add(self, record: Record) -> None:
         tp = (record.topic, record.partition)
         batch = self._batches.get(tp)
         if batch is None:
-            floor = self.committed_offset(record.topic, record.partition)
+            floor = max(self.committed_offset(record.topic, record.partition), self._inflight.get(tp, -1))
             batch = self._batches[tp] = TPBatch(record.topic, record.partition, last_offset=floor)
         if record.offset <= batch.last_offset:
             return  # redelivered after a seek or rebalance: already buffered or stored
@@ -211,6 +213,45 @@ class BatchingSink:
             if ok:
                 self._clear()
         return True
+
+    def flush_async(self) -> Future[None] | None:
+        """Hand everything buffered to the committer thread and start a new buffer at once.
+
+        The next batch is consumed and converted while this one is written (parquet encoding
+        and the catalog commit mostly release the GIL). Appends chain on each other, so the
+        caller ``settle()``s the future before the next flush, a drop or a reload. If the
+        write fails, its rows are no longer buffered: the caller re-reads them from Kafka at
+        the offsets the table holds (``SinkRunner._reseek``), so nothing is lost.
+        """
+        if not self.buffered:
+            return None
+        body = self._body()
+        batches = {tp: b for tp, b in self._batches.items() if b.avro_sha}
+        order = list(self._order)
+        self._inflight = {tp: b.last_offset for tp, b in batches.items()}
+        self._clear()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="iceberg-commit")
+
+        def run() -> None:
+            with no_cyclic_gc():
+                self.write(body, batches, order)
+
+        return self._committer.submit(run)
+
+    def settle(self, future: Future[None] | None) -> None:
+        """Wait for a ``flush_async``; raises what the write raised."""
+        if future is None:
+            return
+        try:
+            future.result()
+        finally:
+            self._inflight = {}
+
+    def close_committer(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
 
     def _clear(self) -> None:
         self._batches.clear()
@@ -279,6 +320,7 @@ class IcebergSink(BatchingSink):
             self._pool.submit(int).result()  # start the workers now, before other threads exist
 
     def close(self) -> None:
+        self.close_committer()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None

@@ -87,7 +87,8 @@ def test_catalog_outage_loses_nothing(
 ) -> None:
     """Iceberg appends fail for a while (a mock: an outage of a SQLite file cannot be caused
     from outside the process, the open connection pool keeps working); the sink keeps running,
-    keeps the rows, commits no Kafka offsets, and writes everything once the catalog is back."""
+    backs off, re-reads the failed batch from the offsets the table holds, and writes
+    everything exactly once when the catalog is back."""
     from pyiceberg.table import Table
 
     settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix, commit_interval_s=0.1)
