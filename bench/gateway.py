@@ -65,7 +65,7 @@ def show(name: str, values: list[float]) -> tuple[float, float]:
 def bench_direct(profile: Any, n: int) -> tuple[list[float], list[float]]:
     from processors.executor import connect
 
-    per_connect, warm = [], []
+    per_connect: list[float] = []
     for _ in range(n):
         t = time.perf_counter()
         conn = connect(profile, {"QUERY_TAG": "bench"})
@@ -74,15 +74,7 @@ def bench_direct(profile: Any, n: int) -> tuple[list[float], list[float]]:
         cur.fetchall()
         conn.close()
         per_connect.append(time.perf_counter() - t)
-    conn = connect(profile, {})
-    cur = conn.cursor()
-    for _ in range(n):
-        t = time.perf_counter()
-        cur.execute(SQL)
-        cur.fetchall()
-        warm.append(time.perf_counter() - t)
-    conn.close()
-    return per_connect, warm
+    return per_connect, bench_statement(profile, SQL, n)
 
 
 def rewritten_sql(p: Any) -> str:
