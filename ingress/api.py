@@ -248,6 +248,16 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit AI-generated SQL with its prompt",
                     "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "1-200 printable ASCII characters; a retry with the same key "
+                            "(same caller) gets the same request_id and is decided once",
+                            "schema": {"type": "string", "maxLength": 200},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Query"}}},

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,6 +134,15 @@ class _Ingress:
         self.publish("results", event)
 
 
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c9a7e-8f55-4c6e-9d0b-6a51f1f0c2d4")  # querytrail's, fixed
+
+
+def idempotent_request_id(issuer: str, subject: str, key: str) -> str:
+    """The request id of a caller's Idempotency-Key: the same for every retry, per caller."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{issuer}\n{subject}\n{key}"))
+
+
 def _state(request: Request) -> _Ingress:
     state: _Ingress = request.app.state.ingress
     return state
@@ -149,6 +160,13 @@ async def post_query(request: Request) -> JSONResponse:
         log.info("refused caller: %s", err.code, extra={"request_id": request_id})
         await run_in_threadpool(ing.reject_identity, request_id, token, err)
         return _refused(err, request_id=request_id)
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            return _error(400, "bad_idempotency_key", "Idempotency-Key: 1-200 printable ASCII characters")
+        # A retry (the 202 was lost: a timeout, a restarted ingress) gets the same request id,
+        # so the worker decides it once; scoped to the caller, so keys never collide across callers.
+        request_id = idempotent_request_id(identity.issuer, identity.subject, key)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
     event = build_query(
         body,

@@ -119,6 +119,31 @@ def test_submit_publishes_attested_request(
     _no_token_in([token], value, caplog.text, capsys.readouterr().out)
 
 
+def test_idempotency_key_makes_a_retry_the_same_request(stack: tuple[Settings, str]) -> None:
+    """A client whose 202 was lost retries with the same Idempotency-Key: same request id (so the
+    worker, which dedupes on request ids, decides it once); another caller's same key is another
+    request; without a key every POST is new; a malformed key is refused before publishing."""
+    settings, url = stack
+    bot, other = _token(settings, "ci-bot"), _token(settings, "other-bot")
+
+    def post(token: str, key: str | None) -> httpx.Response:
+        headers = _auth(token) | ({"Idempotency-Key": key} if key is not None else {})
+        return httpx.post(f"{url}/v1/queries", json=BODY, headers=headers, timeout=30)
+
+    first, retry = post(bot, "job-7-attempt"), post(bot, "job-7-attempt")
+    assert first.status_code == retry.status_code == 202, (first.text, retry.text)
+    assert first.json()["request_id"] == retry.json()["request_id"]
+    theirs = post(other, "job-7-attempt")
+    assert theirs.status_code == 202 and theirs.json()["request_id"] != first.json()["request_id"]
+    plain = [post(bot, None).json()["request_id"] for _ in range(2)]
+    assert len(set(plain)) == 2 and first.json()["request_id"] not in plain
+    bad = post(bot, "has space")
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_idempotency_key"
+    # both submissions of the retried request are on the topic (the audit log keeps them), one id
+    ids = [codec.decode(v).request_id for _, v in read_topic(settings, "requests", 5)]
+    assert ids.count(first.json()["request_id"]) == 2 and len(ids) == 5
+
+
 def test_identity_rejections_answer_401_and_are_recorded(
     stack: tuple[Settings, str],
     corp: Issuer,
