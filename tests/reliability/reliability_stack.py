@@ -150,7 +150,13 @@ class Stack(Pipeline):
         return token
 
     def http(
-        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 15.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float = 15.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """One HTTP call to the ingress: (status, JSON body); OSError when nothing answers."""
         data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
@@ -158,6 +164,8 @@ class Stack(Pipeline):
         req.add_header("Content-Type", "application/json")
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 -- local http
                 return int(resp.status), json.loads(resp.read() or b"{}")
@@ -169,10 +177,16 @@ class Stack(Pipeline):
                 return int(err.code), {"raw": raw.decode(errors="replace")}
 
     def post_query(
-        self, token: str, sql: str, prompt: str = "test prompt", **fields: Any
+        self,
+        token: str,
+        sql: str,
+        prompt: str = "test prompt",
+        idempotency_key: str | None = None,
+        **fields: Any,
     ) -> tuple[int, dict]:
         body = {"prompt": prompt, "sql": sql, "model": "test-model", "target": "analytics", **fields}
-        return self.http("POST", "/v1/queries", body, token)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.http("POST", "/v1/queries", body, token, headers=headers)
 
 
 @contextlib.contextmanager

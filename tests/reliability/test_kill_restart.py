@@ -86,23 +86,29 @@ class Load:
         while i < MAX_REQUESTS and (i < MIN_REQUESTS or not self.kills_done.is_set()):
             kind, sql, marker = self.statement(i)
             rid = None
+            key = f"{self.run}-load-{i}"  # a retry after a lost 202 is the same request
+            # Kafka path: one event for every attempt (a publish that timed out may still have
+            # landed once the broker is back; a new request id per attempt would run it twice)
+            kafka_rid = f"req-{uuid.uuid4()}"
+            event = client.build_request(
+                request_id=kafka_rid, prompt=f"load {i}", sql=sql, model="test-model", token=tokens[kind],
+                target=Target(profile="analytics"), context=ClientContext(ci_provider="local"),
+            )  # fmt: skip
             for _attempt in range(20):
                 if i % 2 == 0:  # HTTP: the ingress verifies the token and attests the claims
                     try:
-                        status, body = s.post_query(tokens[kind], sql, prompt=f"load {i}")
+                        status, body = s.post_query(
+                            tokens[kind], sql, prompt=f"load {i}", idempotency_key=key
+                        )
                     except OSError:
                         status, body = 0, {}
                     if status == 202:
                         rid = body["request_id"]
                         break
                 else:  # Kafka: the token travels sealed, the worker verifies it
-                    rid = f"req-{uuid.uuid4()}"
-                    event = client.build_request(
-                        request_id=rid, prompt=f"load {i}", sql=sql, model="test-model", token=tokens[kind],
-                        target=Target(profile="analytics"), context=ClientContext(ci_provider="local"),
-                    )  # fmt: skip
                     try:
                         publisher.publish([event], timeout=15)
+                        rid = kafka_rid
                         break
                     except PublishError:
                         pass  # retried with the same event: the worker must decide it once

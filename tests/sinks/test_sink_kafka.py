@@ -140,7 +140,9 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     )
     counts: dict[str, int] = {}
     producer = threading.Thread(
-        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 250, 0.3)),
+        # ~30 s of production, so the five incarnations (each waits out the killed one's session
+        # before it is assigned) are killed while rows still arrive, however fast the sink writes
+        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 100, 0.3)),
         daemon=True,
     )
     producer.start()
