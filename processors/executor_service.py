@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from infra.clients import make_consumer
 from processors.authz import Verifier
@@ -81,7 +82,7 @@ def _done() -> Future[Any]:
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run until ``stop`` is set (SIGTERM/SIGINT in the CLI)."""
     from processors.kafka_io import Publisher
-    from schemas.codec import DecodeError, EventCodec
+    from schemas.codec import EventCodec
 
     stop = stop or threading.Event()
     verifier = Verifier.from_pem_files(
@@ -96,17 +97,21 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         log.warning("reported %d unfinished execution(s) from a previous run", recovered)
     threading.Thread(target=_catalog_loop, args=(settings, publisher, stop), daemon=True).start()
     topic = topic_names(settings.kafka.topic_prefix)["executions"]
+    commits = InOrderCommits()
+    committer = _Committer(commits, settings.executor.commit_interval_s)
     # A short session: after a crash the restarted executor gets its partitions (and the
     # redelivered authorisations, which the ledger then refuses to rerun) within seconds.
     consumer = make_consumer(
         settings.kafka,
         group_id=f"{settings.kafka.topic_prefix}.executor",
+        on_commit=_commit_failed,
         **{"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000},
     )
-    consumer.subscribe([topic])
+    # before a partition goes to another member, commit what is done (the ledger stops a rerun
+    # here, but not in another process)
+    consumer.subscribe([topic], on_revoke=lambda c, _parts: committer.commit_on_revoke(c))
     concurrency = max(1, settings.executor.concurrency)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="run")
-    commits = InOrderCommits()
     log.info("executor consuming %s (concurrency %d)", topic, concurrency)
     try:
         while not stop.is_set():
@@ -114,26 +119,14 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 oldest = commits.oldest()
                 if oldest is not None:
                     oldest.result(timeout=None)
-                _commit(consumer, commits)
+                committer.collect()
             msg = consumer.poll(0.05)
-            _commit(consumer, commits)
-            if msg is None or msg.error() is not None:
-                continue
-            where = (msg.topic() or topic, msg.partition() or 0, msg.offset() or 0)
-            try:
-                event = codec.decode(msg.value() or b"")
-            except DecodeError as exc:
-                publisher.dead_letter(msg, "undecodable", str(exc))
-                commits.add(*where, _done())
-                continue
-            if isinstance(event, ExecutionAuthorized):
-                commits.add(*where, pool.submit(executor.handle, event))
-            else:
-                if not isinstance(event, ExecutionStarted):  # our own events share the topic
-                    publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
-                commits.add(*where, _done())
+            if msg is not None and msg.error() is None:
+                _dispatch(msg, topic, codec, publisher, executor, pool, commits)
+            # after the dispatch, never before: a commit is a broker round trip
+            committer.commit(consumer)
         pool.shutdown(wait=True)
-        _commit(consumer, commits)
+        committer.commit(consumer, now=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         consumer.close()
@@ -142,10 +135,71 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def _commit(consumer: Any, commits: InOrderCommits) -> None:
-    offsets = commits.ready()
-    if offsets:
-        consumer.commit(offsets=offsets, asynchronous=False)
+def _dispatch(
+    msg: Any,
+    topic: str,
+    codec: Any,
+    publisher: Any,
+    executor: Executor,
+    pool: ThreadPoolExecutor,
+    commits: InOrderCommits,
+) -> None:
+    """Hand one record to the pool (an authorisation) or settle it here (anything else)."""
+    from schemas.codec import DecodeError
+
+    where = (msg.topic() or topic, msg.partition() or 0, msg.offset() or 0)
+    try:
+        event = codec.decode(msg.value() or b"")
+    except DecodeError as exc:
+        publisher.dead_letter(msg, "undecodable", str(exc))
+        commits.add(*where, _done())
+        return
+    if isinstance(event, ExecutionAuthorized):
+        commits.add(*where, pool.submit(executor.handle, event))
+        return
+    if not isinstance(event, ExecutionStarted):  # our own events share the topic
+        publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
+    commits.add(*where, _done())
+
+
+class _Committer:
+    """Commits the contiguous handled offsets asynchronously, at most every ``interval_s``.
+
+    A synchronous commit after every record had cost a broker round trip on the consumer
+    thread, between a record's arrival and its dispatch. Committing less often only widens
+    what a crash redelivers, and the ledger never runs a redelivered authorisation again.
+    """
+
+    def __init__(self, commits: InOrderCommits, interval_s: float) -> None:
+        self.commits = commits
+        self.interval_s = interval_s
+        self._due: dict[tuple[str, int], TopicPartition] = {}
+        self._last = time.monotonic()
+
+    def collect(self) -> None:
+        for tp in self.commits.ready():
+            self._due[(tp.topic, tp.partition)] = tp
+
+    def commit(self, consumer: Any, now: bool = False) -> None:
+        """``now``: synchronously and regardless of the interval (revocation, shutdown)."""
+        self.collect()
+        if not self._due or (not now and time.monotonic() - self._last < self.interval_s):
+            return
+        offsets, self._due = list(self._due.values()), {}
+        self._last = time.monotonic()
+        consumer.commit(offsets=offsets, asynchronous=not now)
+
+    def commit_on_revoke(self, consumer: Any) -> None:
+        try:
+            self.commit(consumer, now=True)
+        except KafkaException as exc:  # raised inside poll() otherwise; a redelivery is safe here
+            log.warning("offset commit on revocation failed (%s)", exc)
+
+
+def _commit_failed(err: Any, partitions: list[TopicPartition]) -> None:
+    # a lost commit only means a redelivery after a restart, which the ledger refuses to rerun
+    if err is not None:
+        log.warning("offset commit failed (%s); those authorisations may be redelivered", err)
 
 
 def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> None:

@@ -166,6 +166,7 @@ class ExecutorSettings(_Frozen):
     catalog_refresh_s: float = 300.0
     authorization_max_age_s: float = 900.0
     concurrency: int = 8  # statements run in parallel (each request still runs at most once)
+    commit_interval_s: float = 1.0  # handled offsets are committed this often (asynchronously)
 
 
 class WorkerSettings(_Frozen):

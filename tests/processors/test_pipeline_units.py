@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from processors.executor_service import InOrderCommits
+from processors.executor_service import InOrderCommits, _Committer
 from processors.pipeline_commands import safe
 
 
@@ -42,3 +42,35 @@ def test_commits_only_contiguous_done_offsets() -> None:
     futures[2].set_exception(RuntimeError("boom"))
     with pytest.raises(RuntimeError):
         commits.ready()  # a failed handler is never committed past
+
+
+class _RecordingConsumer:
+    """Records commit calls (the broker side of commits is covered by tests/pipeline)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[str, int, int]], bool]] = []
+
+    def commit(self, *, offsets: list, asynchronous: bool) -> None:  # type: ignore[type-arg]
+        self.calls.append(([(tp.topic, tp.partition, tp.offset) for tp in offsets], asynchronous))
+
+
+def test_committer_commits_done_offsets_asynchronously_at_most_every_interval() -> None:
+    commits = InOrderCommits()
+    committer = _Committer(commits, interval_s=3600.0)
+    consumer = _RecordingConsumer()
+    done: Future[None] = Future()
+    done.set_result(None)
+    commits.add("t", 0, 5, done)
+    committer.commit(consumer)
+    assert consumer.calls == []  # not due yet: no broker round trip per record
+    assert len(commits) == 0  # but the handled record no longer counts as in flight
+    commits.add("t", 0, 6, done)
+    commits.add("t", 1, 2, done)
+    committer.commit(consumer, now=True)  # revocation or shutdown: everything done, synchronously
+    assert consumer.calls == [([("t", 0, 7), ("t", 1, 3)], False)]
+    committer.interval_s = 0.0
+    commits.add("t", 0, 7, done)
+    committer.commit(consumer)
+    assert consumer.calls[-1] == ([("t", 0, 8)], True)
+    committer.commit(consumer)
+    assert len(consumer.calls) == 2  # nothing new: no empty commit
