@@ -1,4 +1,4 @@
-"""The executor's durable at-most-once record (SQLite, fsynced on every change).
+"""The executor's durable at-most-once record (SQLite, fsynced before anything runs).
 
 A request moves ``recorded`` -> ``started`` -> ``finished`` -> ``reported``:
 
@@ -90,12 +90,20 @@ class Ledger:
         statement_sha256: str,
     ) -> bool:
         """Claim a request and nonce. False when either was ever claimed before (single use)."""
+        # Only this claim skips the fsync (synchronous=NORMAL: it survives a process crash, not
+        # a power cut). That is enough: nothing runs before mark_started, whose fsync makes the
+        # claim durable too (the WAL is written in order); a claim lost with the power belongs
+        # to a statement that never ran, so running the redelivered authorisation is still once.
         try:
             with self._lock:
-                self._db.execute(
-                    "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
-                    (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
-                )
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._db.execute(
+                        "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
+                        (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
+                    )
+                finally:
+                    self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.IntegrityError:
             return False
         return True
