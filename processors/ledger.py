@@ -100,7 +100,15 @@ class Ledger:
                 try:
                     self._db.execute(
                         "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
-                        (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now()),
+                        (
+                            request_id,
+                            nonce,
+                            authorization_event_id,
+                            session_id,
+                            statement_sha256,
+                            _now(),
+                            _now(),
+                        ),
                     )
                 finally:
                     self._db.execute("PRAGMA synchronous=FULL")
