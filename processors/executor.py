@@ -133,8 +133,8 @@ def _failed(auth: Any, outcome: str, exc: BaseException, sfqid: str | None = Non
 class ConnectionPool:
     """Open Snowflake sessions of one profile, reused across requests.
 
-    Each request tags its session first: ``ALTER SESSION SET QUERY_TAG`` and
-    ``STATEMENT_TIMEOUT_IN_SECONDS``. A target that refuses ALTER SESSION (the emulator:
+    Each request tags its session first: ``ALTER SESSION SET QUERY_TAG``, and
+    ``STATEMENT_TIMEOUT_IN_SECONDS`` when the session does not have that timeout already. A target that refuses ALTER SESSION (the emulator:
     fakesnow answers "not implemented", and ignores session parameters at login as well) is
     noted once; QUERY_TAG then cannot be applied there, and the client-side timeout still holds.
     """
@@ -145,6 +145,7 @@ class ConnectionPool:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self.alter_session = True
+        self._timeouts: dict[int, int] = {}  # id(session) -> the STATEMENT_TIMEOUT it was given
 
     def acquire(self, rid: str, timeout_s: int) -> Any:
         with self._lock:
@@ -156,9 +157,15 @@ class ConnectionPool:
             cur = conn.cursor()
             try:
                 cur.execute(f"ALTER SESSION SET QUERY_TAG = '{tag}'")
-                cur.execute(f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = {int(timeout_s)}")
+                # a pooled session keeps its timeout: set it again only when it changes (each
+                # statement is a cloud-services round trip on an account)
+                if self._timeouts.get(id(conn)) != int(timeout_s):
+                    cur.execute(f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = {int(timeout_s)}")
+                    self._timeouts[id(conn)] = int(timeout_s)
             except snowflake.connector.errors.ProgrammingError as exc:
                 if "not implemented" not in str(exc):
+                    with self._lock:
+                        self._timeouts.pop(id(conn), None)
                     conn.close()
                     raise
                 self.alter_session = False
@@ -175,6 +182,7 @@ class ConnectionPool:
             if healthy and len(self._idle) < self.size:
                 self._idle.append(conn)
                 return
+            self._timeouts.pop(id(conn), None)
         conn.close()
 
 

@@ -1,4 +1,4 @@
-"""Small pure pieces of the pipeline: display escaping and in-order offset commits."""
+"""Small pieces of the pipeline: display escaping, offset commits, session tagging."""
 
 from __future__ import annotations
 
@@ -74,3 +74,39 @@ def test_committer_commits_done_offsets_asynchronously_at_most_every_interval() 
     assert consumer.calls[-1] == ([("t", 0, 8)], True)
     committer.commit(consumer)
     assert len(consumer.calls) == 2  # nothing new: no empty commit
+
+
+class _SessionStandIn:
+    """Records statements. The emulator refuses ALTER SESSION, so what a pooled session is sent
+    before each request can only be observed with a stand-in for a Snowflake account session."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def cursor(self) -> _SessionStandIn:
+        return self
+
+    def execute(self, sql: str) -> None:
+        self.sent.append(sql)
+
+    def close(self) -> None:
+        pass
+
+
+def test_pooled_session_is_tagged_per_request_and_given_its_timeout_only_when_it_changes() -> None:
+    from processors.executor import ConnectionPool
+    from querytrail.settings import SnowflakeProfile
+
+    pool = ConnectionPool(SnowflakeProfile(), size=1)
+    session = _SessionStandIn()
+    pool.release(session, healthy=True)
+    for rid, timeout in (("r1", 60), ("r2", 60), ("r'3", 30)):
+        assert pool.acquire(rid, timeout) is session
+        pool.release(session, healthy=True)
+    assert session.sent == [
+        "ALTER SESSION SET QUERY_TAG = 'r1'",
+        "ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = 60",
+        "ALTER SESSION SET QUERY_TAG = 'r2'",
+        "ALTER SESSION SET QUERY_TAG = 'r\\'3'",
+        "ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = 30",
+    ]
