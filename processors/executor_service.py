@@ -190,6 +190,7 @@ class _Committer:
         consumer.commit(offsets=offsets, asynchronous=not now)
 
     def commit_on_revoke(self, consumer: Any) -> None:
+        self.collect()  # a handler's failure propagates: the process stops, nothing is skipped
         try:
             self.commit(consumer, now=True)
         except KafkaException as exc:  # raised inside poll() otherwise; a redelivery is safe here
