@@ -265,14 +265,20 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
 
     @app.timer(interval=settings.worker.reconcile_s)
     async def reconcile_requests() -> None:
-        """Decide requests faust committed past during a rebalance without yielding them."""
+        """Decide requests faust skipped (committed past or not) during a rebalance."""
         loop = asyncio.get_running_loop()
         parts = {tp.partition for tp in app.consumer.assignment() if tp.topic == names["requests"]}
         if not parts:
             return
         if not scanner:
             scanner.append(
-                RequestScanner(settings, names["requests"], app.conf.id, settings.worker.reconcile_window_s)
+                RequestScanner(
+                    settings,
+                    names["requests"],
+                    app.conf.id,
+                    settings.worker.reconcile_window_s,
+                    grace_s=settings.worker.reconcile_grace_s,
+                )
             )
         try:
             records = await loop.run_in_executor(loop_exec, scanner[0].scan, parts)

@@ -1,10 +1,14 @@
-"""Find requests the worker's consumer group committed past without deciding.
+"""Find requests the worker's stream skipped, whether or not its group committed past them.
 
 faust acks the records its stream skips during a rebalance (``Skipping message ... generation_id``
 in faust/streams.py), so after a worker restart its committed offset can lie beyond a request
-that was never decided. This scanner is the safety net: per assigned partition it reads the
-records between where it last looked and the group's committed offset, and returns those the
-caller has no record of (the caller checks its ``seen`` table and decides them).
+that was never decided. A restarted worker has also been seen to start a partition's stream
+past records its group had not committed (the kill-and-restart suite: offsets 11-24 of one
+partition were never yielded, and the group's offset stayed below them). This scanner is the
+safety net for both: per assigned partition it reads the records between where it last looked
+and the later of the group's committed offset and the first record younger than ``grace_s``
+(a request that old should have been decided by the stream), and returns them; the caller
+decides those it has no record of (its ``seen`` table and in-flight set).
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ class _Message:
 class RequestScanner:
     """Reads committed-but-maybe-unprocessed records of one topic for one consumer group."""
 
-    def __init__(self, settings: Settings, topic: str, group_id: str, window_s: float) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, group_id: str, window_s: float, grace_s: float = 30.0
+    ) -> None:
         self.topic = topic
         self.window_s = window_s
+        self.grace_s = grace_s
         # not a group member: never joins, only reads the group's committed offsets
         self._reader: Consumer = make_consumer(
             settings.kafka, group_id, **{"enable.partition.eof": True, "enable.auto.commit": False}
@@ -66,16 +73,29 @@ class RequestScanner:
             self._checked[partition] = high if tp.offset in (OFFSET_END, -1) else max(tp.offset, low)
         return self._checked[partition]
 
+    def _old_end(self, partition: int) -> int:
+        """The first offset whose record is younger than the grace period (the end if none is)."""
+        since_ms = int((time.time() - self.grace_s) * 1000)
+        [tp] = self._reader.offsets_for_times([TopicPartition(self.topic, partition, since_ms)], timeout=10)
+        if tp.offset >= 0:
+            return int(tp.offset)
+        _, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+        return int(high)
+
     def scan(self, partitions: set[int], timeout: float = 10.0) -> list[Record]:
-        """Records below the group's committed offset not yet scanned, in the given partitions."""
+        """Records not yet scanned below the group's committed offset or older than the grace
+        period, in the given partitions."""
         committed = self._reader.committed(
             [TopicPartition(self.topic, p) for p in sorted(partitions)], timeout=10
         )
         ranges = {}
         for tp in committed:
             start = self._start(tp.partition)
-            if tp.offset is not None and tp.offset > start:
-                ranges[tp.partition] = (start, tp.offset)
+            end = max(
+                tp.offset if tp.offset is not None and tp.offset >= 0 else 0, self._old_end(tp.partition)
+            )
+            if end > start:
+                ranges[tp.partition] = (start, end)
         if not ranges:
             return []
         self._reader.assign([TopicPartition(self.topic, p, start) for p, (start, _) in ranges.items()])

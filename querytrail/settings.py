@@ -177,6 +177,7 @@ class WorkerSettings(_Frozen):
     resolved_retention_s: float = 86_400.0  # resolved approvals are kept this long for late verdicts
     reconcile_s: float = 10.0  # how often requests committed past but never decided are looked for
     reconcile_window_s: float = 3600.0  # how far back the first look goes after a start
+    reconcile_grace_s: float = 30.0  # a request older than this and not decided is decided by the reconciler
     commit_every: int = 100  # input offsets are committed after this many records (or commit_interval_s)
     commit_interval_s: float = 1.0  # ... or this often; redelivered requests are deduplicated
 
