@@ -220,6 +220,45 @@ def test_request_errors(stack: tuple[Settings, str]) -> None:
     assert read_topic(settings, "requests", 1, timeout=2) == []  # no invalid request was published
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_body_too_large_answer_reaches_a_client_still_sending(
+    stack: tuple[Settings, str], declared: bool
+) -> None:
+    """The 413 must reach a client that is still sending its body, not a reset in its place
+    (a CI run saw BrokenPipeError): the body arrives in parts, slowly, so a server that answers
+    and closes early has closed before the client finishes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    settings, url = stack
+    where = urlsplit(url)
+    body = b'{"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}'  # more than the socket buffers hold
+    head = [
+        "POST /v1/queries HTTP/1.1",
+        f"Host: {where.netloc}",
+        f"Authorization: Bearer {_token(settings, 'ci-bot')}",
+        "Content-Type: application/json",
+        "Connection: close",  # as urllib sends it: the server closes right after its answer
+        f"Content-Length: {len(body)}" if declared else "Transfer-Encoding: chunked",
+    ]
+    step = len(body) // 6
+    parts = [body[i : i + step] for i in range(0, len(body), step)]
+    if not declared:
+        parts = [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        for part in parts:  # a slow sender: a server that answered and closed is gone by now
+            sock.sendall(part)
+            time.sleep(0.1)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                break
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"body_too_large"' in answer
+
+
 def _identity(settings: Settings, sub: str) -> VerifiedIdentity:
     return VerifiedIdentity(
         subject=sub,
