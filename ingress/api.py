@@ -50,9 +50,10 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     too_large = ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
     drain = max(4 * limit, 8 * 1024 * 1024)  # read and dropped after a 413, then the connection closes
     stream = request.stream()
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        if int(declared) <= drain:
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isdigit() else None
+    if declared is not None and declared > limit:
+        if declared <= drain:
             await _discard(stream, drain)
         raise too_large
     chunks: list[bytes] = []

@@ -134,9 +134,10 @@ class ConnectionPool:
     """Open Snowflake sessions of one profile, reused across requests.
 
     Each request tags its session first: ``ALTER SESSION SET QUERY_TAG``, and
-    ``STATEMENT_TIMEOUT_IN_SECONDS`` when the session does not have that timeout already. A target that refuses ALTER SESSION (the emulator:
-    fakesnow answers "not implemented", and ignores session parameters at login as well) is
-    noted once; QUERY_TAG then cannot be applied there, and the client-side timeout still holds.
+    ``STATEMENT_TIMEOUT_IN_SECONDS`` when the session does not have that timeout already. A
+    target that refuses ALTER SESSION (the emulator: fakesnow answers "not implemented", and
+    ignores session parameters at login as well) is noted once; QUERY_TAG then cannot be
+    applied there, and the client-side timeout still holds.
     """
 
     def __init__(self, profile: SnowflakeProfile, size: int = 8) -> None:

@@ -23,6 +23,7 @@ from processors.authz import Verifier
 from processors.executor import Executor
 from processors.ledger import Ledger
 from querytrail.settings import Settings
+from schemas.codec import DecodeError
 from schemas.events import ExecutionAuthorized, ExecutionStarted
 from schemas.topics import topic_names
 
@@ -145,8 +146,6 @@ def _dispatch(
     commits: InOrderCommits,
 ) -> None:
     """Hand one record to the pool (an authorisation) or settle it here (anything else)."""
-    from schemas.codec import DecodeError
-
     where = (msg.topic() or topic, msg.partition() or 0, msg.offset() or 0)
     try:
         event = codec.decode(msg.value() or b"")

@@ -94,26 +94,15 @@ class Ledger:
         # a power cut). That is enough: nothing runs before mark_started, whose fsync makes the
         # claim durable too (the WAL is written in order); a claim lost with the power belongs
         # to a statement that never ran, so running the redelivered authorisation is still once.
-        try:
-            with self._lock:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    self._db.execute(
-                        "INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)",
-                        (
-                            request_id,
-                            nonce,
-                            authorization_event_id,
-                            session_id,
-                            statement_sha256,
-                            _now(),
-                            _now(),
-                        ),
-                    )
-                finally:
-                    self._db.execute("PRAGMA synchronous=FULL")
-        except sqlite3.IntegrityError:
-            return False
+        row = (request_id, nonce, authorization_event_id, session_id, statement_sha256, _now(), _now())
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?, 'recorded', NULL, ?, ?)", row)
+            except sqlite3.IntegrityError:
+                return False
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
         return True
 
     def _set(self, request_id: str, state: str, outcome: str | None = None) -> None:
