@@ -140,9 +140,10 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     )
     counts: dict[str, int] = {}
     producer = threading.Thread(
-        # ~30 s of production, so the five incarnations (each waits out the killed one's session
+        # ~60 s of production, so the five incarnations (each waits out the killed one's session
         # before it is assigned) are killed while rows still arrive, however fast the sink writes
-        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 100, 0.3)),
+        # (with ~30 s, a loaded CI run once saw the second incarnation start after the last row)
+        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 100, 0.6)),
         daemon=True,
     )
     producer.start()
