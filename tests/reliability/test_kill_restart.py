@@ -250,13 +250,21 @@ def test_sigkill_each_service_under_load_loses_and_duplicates_nothing(
     assert not lost_iceberg, f"{len(lost_iceberg)} records not in Iceberg, e.g. {sorted(lost_iceberg)[:3]}"
     assert not dup_iceberg, f"records stored twice in Iceberg: {list(dup_iceberg)[:3]}"
     assert sum(keys.values()) == len(expected)
-    # each kind ended the way its policy says (a kill may turn a run into outcome_unknown)
+    # each kind ended the way its policy says. Killing the executor turns a run into one of two
+    # failures its restart reports: outcome_unknown if the statement had been sent, or a
+    # definite "failed" if the kill came after the ledger claim but before sending; that one
+    # must be true: its INSERT row is not in the table.
     for rid, kind in load.kinds.items():
         first = terminal[rid][0]
         if kind == "denied":
             assert (first.event_type, first.stage) == ("QueryRejected", "policy"), first
         elif kind == "held":
             assert (first.event_type, first.reason_code) == ("QueryRejected", "approval_expired"), first
+        elif first.event_type == "QueryFailed" and first.outcome == "failed":
+            assert first.producer.component == "executor", first
+            assert first.message.startswith("executor stopped before sending the statement"), first
+            assert ledger_rows.get(rid) == 1, first
+            assert rid not in load.markers or rows.get(load.markers[rid], 0) == 0, first
         elif first.event_type == "QueryFailed":
             assert first.outcome == "outcome_unknown", first
         else:
