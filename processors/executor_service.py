@@ -202,17 +202,32 @@ def _commit_failed(err: Any, partitions: list[TopicPartition]) -> None:
         log.warning("offset commit failed (%s); those authorisations may be redelivered", err)
 
 
-def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> None:
-    """Publish CatalogTable events from INFORMATION_SCHEMA on start and every refresh interval."""
-    previous: list[str] = []
-    while not stop.is_set():
-        try:
-            from processors import catalog_sync
+_CATALOG_RETRY_S = (1.0, 60.0)  # first and longest wait after a failed refresh
 
+
+def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> None:
+    """Publish CatalogTable events from INFORMATION_SCHEMA on start and every refresh interval.
+
+    A failed refresh is retried after 1 s, doubling up to a minute (never later than the next
+    regular refresh): until the first one succeeds, a worker without a catalog file resolves
+    no table and denies every statement.
+    """
+    from processors import catalog_sync
+
+    previous: list[str] = []
+    retry = _CATALOG_RETRY_S[0]
+    while not stop.is_set():
+        wait = settings.executor.catalog_refresh_s
+        try:
             events = catalog_sync.catalog_events(settings, previous=previous)
             publisher.publish(events)
             previous = [e.table for e in events if not e.deleted]
             log.info("published %d catalog table(s)", len(events))
+            retry = _CATALOG_RETRY_S[0]
         except Exception:
-            log.exception("catalog refresh failed; keeping the previous catalog on the topic")
-        stop.wait(settings.executor.catalog_refresh_s)
+            wait = min(retry, wait)
+            retry = min(retry * 2, _CATALOG_RETRY_S[1])
+            log.exception(
+                "catalog refresh failed; keeping the previous catalog on the topic, retrying in %.0fs", wait
+            )
+        stop.wait(wait)

@@ -100,3 +100,48 @@ def test_catalog_events_for_the_compacted_topic(fakesnow_profile: SnowflakeProfi
         }
     )
     assert rebuilt.table("SECURITY.ADMIN.USERS") is not None
+
+
+def test_a_failed_first_sync_is_retried_soon_not_at_the_next_refresh(
+    fakesnow_profile: SnowflakeProfile, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Snowflake unreachable when the executor starts (nothing listens on the profile's port):
+    the catalog still reaches the topic seconds after it is back, not an hour later."""
+    import threading
+    import time
+
+    from conftest import free_port
+
+    from processors.executor_service import _catalog_loop
+    from processors.kafka_io import Publisher, read_topic
+    from querytrail.settings import ExecutorSettings, KafkaSettings
+    from schemas.codec import EventCodec
+
+    unreachable = fakesnow_profile.model_copy(update={"port": free_port(), "login_timeout_s": 2})
+    settings = Settings(
+        home=tmp_path,
+        environment="local",
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
+        executor=ExecutorSettings(catalog_refresh_s=3600),
+        snowflake_profiles={"analytics": unreachable},
+    )
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=_catalog_loop, args=(settings, Publisher(settings, "test"), stop), daemon=True
+    )
+    loop.start()
+    try:
+        time.sleep(4)  # at least one attempt failed against the closed port
+        assert not list(read_topic(settings, "catalog", timeout=10))
+        settings.snowflake_profiles["analytics"] = fakesnow_profile  # Snowflake is back
+        back, tables = time.monotonic(), set()
+        while time.monotonic() - back < 60 and "ANALYTICS.PUBLIC.CUSTOMERS" not in tables:
+            time.sleep(1)
+            tables = {
+                EventCodec().decode(m.value()).table for m in read_topic(settings, "catalog", timeout=10)
+            }
+        assert "ANALYTICS.PUBLIC.CUSTOMERS" in tables
+        assert time.monotonic() - back < 60
+    finally:
+        stop.set()
+        loop.join(30)
