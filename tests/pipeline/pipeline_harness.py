@@ -130,7 +130,8 @@ class Pipeline:
                     f"{name} exited {proc.returncode}:\n{data[-4000:].decode(errors='replace')}"
                 )
             time.sleep(0.2)
-        raise TimeoutError(f"{name} did not log {text!r} in {timeout}s:\n{self.tail(name)}")
+        others = "".join(f"\n--- {o}:\n{self.tail(o, 2000)}" for o in self.procs if o != name)
+        raise TimeoutError(f"{name} did not log {text!r} in {timeout}s:\n{self.tail(name)}{others}")
 
     def tail(self, name: str, n: int = 4000) -> str:
         return self.log(name).read_bytes()[-n:].decode(errors="replace") if self.log(name).exists() else ""
