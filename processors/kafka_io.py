@@ -23,7 +23,7 @@ from schemas.codec import EventCodec, key_for
 from schemas.events import DeadLetter, Event, new_event_id, producer, utcnow
 from schemas.topics import TOPICS, topic_names
 
-__all__ = ["PublishError", "Publisher", "read_topic", "topic_for"]
+__all__ = ["PublishError", "Publisher", "dead_letter_event", "read_topic", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -112,35 +112,49 @@ class Publisher:
         error: str,
     ) -> None:
         """Record an undecodable/unprocessable record as a DeadLetter event; never drop it."""
-        value = value or b""
-        if len(value) > _MAX_DEAD_VALUE:
-            # the envelope must fit the topic: keep a prefix and the whole value's hash
-            digest = hashlib.sha256(value).hexdigest()
-            error = f"{error[:1500]} [value truncated from {len(value)} bytes; sha256 {digest}]"
-            value = value[:_MAX_DEAD_VALUE]
-        event = DeadLetter(
-            event_id=new_event_id(),
-            request_id=key.decode("utf-8", "replace") if key else "",
-            occurred_at=utcnow(),
-            producer=producer(self.component),
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
-            key=key,
-            value=value,
-            reason=reason,
-            error=error[:2000],
-            consumer=self.component,
-        )
-        log.warning(
-            "dead-lettered %s[%s]@%s: %s",
-            topic,
-            partition,
-            offset,
-            reason,
-            extra={"request_id": event.request_id},
-        )
-        self.publish([event])
+        self.publish([dead_letter_event(self.component, topic, partition, offset, key, value, reason, error)])
+
+
+def dead_letter_event(
+    component: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    error: str,
+) -> DeadLetter:
+    """The DeadLetter for one unusable record, its bytes kept (a prefix and a hash if too large)."""
+    value = value or b""
+    if len(value) > _MAX_DEAD_VALUE:
+        # the envelope must fit the topic: keep a prefix and the whole value's hash
+        digest = hashlib.sha256(value).hexdigest()
+        error = f"{error[:1500]} [value truncated from {len(value)} bytes; sha256 {digest}]"
+        value = value[:_MAX_DEAD_VALUE]
+    event = DeadLetter(
+        event_id=new_event_id(),
+        request_id=key.decode("utf-8", "replace") if key else "",
+        occurred_at=utcnow(),
+        producer=producer(component),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        key=key,
+        value=value,
+        reason=reason,
+        error=error[:2000],
+        consumer=component,
+    )
+    log.warning(
+        "dead-lettered %s[%s]@%s: %s",
+        topic,
+        partition,
+        offset,
+        reason,
+        extra={"request_id": event.request_id},
+    )
+    return event
 
 
 def read_topic(settings: Settings, suffix: str, timeout: float = 30.0) -> Iterator[Message]:

@@ -23,6 +23,7 @@ from querytrail.observability import SINK_COMMIT_LATENCY
 from querytrail.settings import Settings
 from schemas.topics import topic_names
 from sinks.chain import ensure_keypair, load_signer, tp_key
+from sinks.deadletters import SinkDeadLetters
 from sinks.table import load_or_create_table
 from sinks.writer import IcebergSink, Record, StaleStateError, no_cyclic_gc
 
@@ -77,6 +78,8 @@ class SinkRunner:
         self.settings = settings
         self.stop = stop
         self.sink = build_sink(settings)
+        self.dead = SinkDeadLetters(settings)
+        self.sink.on_batch = self.dead.scan  # held until the append that stores them succeeds
         self.consumer = Consumer(consumer_config(settings))
         self.assigned: list[TopicPartition] = []
         self.assigned_at: float | None = None
@@ -91,6 +94,7 @@ class SinkRunner:
             log.warning("background append failed before an assignment", exc_info=True)
             self.sink.drop()
         state = self._reload_with_retry()
+        self.dead.forget()  # anything stored was dead-lettered by _settle; the rest is re-read
         for tp in partitions:
             nxt = state.offsets.get(tp_key(tp.topic, tp.partition))
             tp.offset = nxt if nxt is not None else OFFSET_BEGINNING
@@ -104,7 +108,9 @@ class SinkRunner:
             self._flush()
         except Exception:
             log.warning("flush on revoke failed; the rows will be re-read by the next owner", exc_info=True)
-        self.sink.drop({(t.topic, t.partition) for t in partitions})
+        revoked = {(t.topic, t.partition) for t in partitions}
+        self.sink.drop(revoked)
+        self.dead.forget(revoked)
         self.assigned = []
 
     def _reload_with_retry(self) -> Any:
@@ -126,6 +132,7 @@ class SinkRunner:
         except Exception:  # its rows are re-read from the table's offsets like the rest
             log.warning("background append failed; re-reading its rows", exc_info=True)
         self.sink.drop()
+        self.dead.forget()
         state = self._reload_with_retry()
         for tp in self.assigned:
             nxt = state.offsets.get(tp_key(tp.topic, tp.partition))
@@ -154,6 +161,8 @@ class SinkRunner:
         return True
 
     def _commit_offsets(self) -> None:
+        """After an append: dead-letter what it stored, then record the offsets in Kafka."""
+        self.dead.stored(self.sink.state.offsets)
         offsets = [
             TopicPartition(t.topic, t.partition, self.sink.state.offsets[k])
             for t in self.assigned
@@ -195,6 +204,7 @@ class SinkRunner:
                 room = max(1, cfg.batch_size - self.sink.buffered)
                 with no_cyclic_gc():  # thousands of acyclic objects per batch: see writer.py
                     self._take(self.consumer.consume(num_messages=min(room, 10_000), timeout=0.1))
+                self.dead.poll()
                 due = time.monotonic() - last_flush >= cfg.commit_interval_s
                 flush = bool(self.sink.buffered) and (due or self.sink.buffered >= cfg.batch_size)
                 finished = self._writing is not None and self._writing.done()
@@ -229,6 +239,7 @@ class SinkRunner:
         finally:
             self.consumer.close()
             self.sink.close()
+            self.dead.close()
 
     def _pause(self, pause: bool) -> None:
         if pause == self.paused or not self.assigned:

@@ -166,6 +166,8 @@ class BatchingSink:
         self.buffered = 0
         self._inflight: dict[tuple[str, int], int] = {}  # last offsets handed to flush_async
         self._committer: ThreadPoolExecutor | None = None
+        # sees every batch's rows just before they are written (the sink's dead letters)
+        self.on_batch: Callable[[pa.Table], None] | None = None
 
     def add(self, record: Record) -> None:
         tp = (record.topic, record.partition)
@@ -205,9 +207,10 @@ class BatchingSink:
         ok = False
         try:
             with no_cyclic_gc():  # pyiceberg's metadata copies: as many short-lived objects
-                self.write(
-                    self._body(), {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order)
-                )
+                body = self._body()
+                if self.on_batch is not None:
+                    self.on_batch(body)
+                self.write(body, {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order))
             ok = True
         finally:
             if ok:
@@ -226,6 +229,8 @@ class BatchingSink:
         if not self.buffered:
             return None
         body = self._body()
+        if self.on_batch is not None:
+            self.on_batch(body)
         batches = {tp: b for tp, b in self._batches.items() if b.avro_sha}
         order = list(self._order)
         self._inflight = {tp: b.last_offset for tp, b in batches.items()}

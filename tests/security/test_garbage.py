@@ -1,6 +1,6 @@
 """Random and malformed bytes on every topic: each record is audited (an ``Undecodable`` row in
-Iceberg holding the exact bytes), the topics a processor consumes dead-letter it with the reason,
-and every processor keeps running: valid requests after the garbage still complete, over the
+Iceberg holding the exact bytes), dead-lettered with the reason (by the worker, the executor, or
+the sink for the topics only it reads), and every processor keeps running: valid requests after the garbage still complete, over the
 Kafka client path and over HTTP. Real broker, real processes; nothing is mocked.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -22,9 +23,17 @@ from schemas.topics import TOPICS, topic_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# who dead-letters what: the worker (requests, approvals) and the executor (executions);
-# the other topics have no processor besides the sink, which audits them as Undecodable rows
-CONSUMED = {"requests", "approvals", "executions"}
+# who dead-letters what: the worker (requests, approvals), the executor (executions) and the
+# sink (decisions, results, actions, catalog: no other processor reads them). Garbage on the
+# deadletter topic itself is only audited (its Undecodable row), and an empty value on the
+# compacted catalog topic is a tombstone, not garbage.
+DEAD_LETTERED = set(TOPICS) - {"deadletter"}
+
+
+def _dead_lettered(suffix: str, value: bytes) -> bool:
+    return suffix in DEAD_LETTERED and not (suffix == "catalog" and value == b"")
+
+
 LARGE = 900_000  # under librdkafka's default message.max.bytes (1 MB), with room for a DeadLetter
 HUGE = 2 * 1024 * 1024  # over that default, under the topics' max.message.bytes (8 MiB)
 
@@ -98,7 +107,7 @@ def _still_serving(stack: Stack) -> None:
 
 
 def _assert_audited(stack: Stack, sent: list[tuple[str, bytes, bytes]], timeout: float = 120.0) -> None:
-    """Every garbage record is an Undecodable row with its bytes; consumed topics dead-letter it."""
+    """Every garbage record is an Undecodable row with its bytes, and is dead-lettered once."""
     names = topic_names(stack.prefix)
     deadline = time.monotonic() + timeout
     missing_rows: list[Any] = []
@@ -115,19 +124,20 @@ def _assert_audited(stack: Stack, sent: list[tuple[str, bytes, bytes]], timeout:
             ):
                 if kind == "Undecodable":
                     stored.add((topic, avro))
-        dead = {
-            (e.source_topic, e.value, e.reason)
-            for e in events(stack, "deadletter")
-            if isinstance(e, DeadLetter)
-        }
+        letters = [e for e in events(stack, "deadletter") if isinstance(e, DeadLetter)]
+        dead = {(e.source_topic, e.value, e.reason) for e in letters}
         dead_keys = {(t, v) for t, v, _ in dead}
         missing_rows = [(s, len(v)) for s, _k, v in sent if (names[s], v) not in stored]
-        missing_dead = [(s, len(v)) for s, _k, v in sent if s in CONSUMED and (names[s], v) not in dead_keys]
+        missing_dead = [
+            (s, len(v)) for s, _k, v in sent if _dead_lettered(s, v) and (names[s], v) not in dead_keys
+        ]
         if not missing_rows and not missing_dead:
             break
         time.sleep(2)
     assert not missing_dead, f"not dead-lettered: {missing_dead}"
     assert not missing_rows, f"not audited in Iceberg: {missing_rows}"
+    twice = [k for k, n in Counter((e.source_topic, e.key, e.value) for e in letters).items() if n > 1]
+    assert not twice, f"dead-lettered more than once: {[(t, k) for t, k, _v in twice][:5]}"
     reasons = {r for _t, _v, r in dead}
     assert reasons <= {"undecodable", "unexpected_event"}, reasons
 
@@ -175,12 +185,6 @@ def test_generated_garbage_is_dead_lettered_audited_and_survived(stack: Stack) -
     _still_serving(stack)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only the worker (requests, approvals) and the executor (executions) dead-letter; garbage on "
-    "decisions/results/actions/catalog reaches only the sink, which audits it as an Undecodable row "
-    "but publishes no DeadLetter",
-)
 def test_garbage_on_topics_only_the_sink_reads_is_also_dead_lettered(stack: Stack) -> None:
     sent = [
         (s, b"junk-unread", b"\xc3\x01unread-garbage") for s in ("decisions", "results", "actions", "catalog")

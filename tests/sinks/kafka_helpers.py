@@ -75,9 +75,9 @@ def produce(
     return counts
 
 
-def produce_raw(bootstrap: str, topic: str, value: bytes) -> None:
+def produce_raw(bootstrap: str, topic: str, value: bytes, key: bytes = b"junk") -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topic, key=b"junk", value=value)
+    producer.produce(topic, key=key, value=value)
     assert producer.flush(10) == 0
 
 

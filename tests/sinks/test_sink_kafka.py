@@ -175,3 +175,64 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
     assert kills == 5
     # the kills landed while rows were being written, not only before the first commit
     assert len({p for p in progress if 0 < p < total}) >= 2, progress
+
+
+def test_garbage_on_topics_only_the_sink_reads_is_dead_lettered_once_after_it_is_stored(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """No processor reads decisions/results/actions/catalog, so the sink dead-letters what is
+    unusable there, after its Undecodable row is in the table; a restart sends nothing again.
+    A catalog tombstone is not garbage, and garbage on the deadletter topic is only recorded."""
+    from processors.kafka_io import read_topic
+    from schemas.events import DeadLetter, QueryRequested
+
+    from .helpers import CODEC
+
+    settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix)
+    counts = produce(kafka_bootstrap, topic_prefix, stream(300))
+    requested = next(e for e in stream(1) if isinstance(e, QueryRequested))
+    bad = {  # topic -> (value, the DeadLetter reason, or None when none is due)
+        "results": (b"\xc3\x01not an event", "undecodable"),
+        "decisions": (b"", "undecodable"),
+        "actions": (CODEC.encode(requested), "unexpected_event"),  # decodes, but not on this topic
+        "catalog": (b"", None),  # a tombstone on the compacted topic
+        "deadletter": (b"\x00junk", None),
+    }
+    # keyed as every querytrail producer keys: by request id (a misplaced event's DeadLetter
+    # takes its key from the stored row, which keeps the request id, not the raw Kafka key)
+    keys = {s: requested.request_id.encode() if s == "actions" else b"junk" for s in bad}
+    for suffix, (value, _reason) in bad.items():
+        produce_raw(kafka_bootstrap, f"{topic_prefix}.{suffix}", value, keys[suffix])
+        counts[f"{topic_prefix}.{suffix}"] = counts.get(f"{topic_prefix}.{suffix}", 0) + 1
+    due = {f"{topic_prefix}.{s}": r for s, (_v, r) in bad.items() if r}
+    counts[f"{topic_prefix}.deadletter"] += len(due)
+    total = sum(counts.values())
+    with _SinkThread(settings):
+        assert wait_rows(settings, total) == total
+    with _SinkThread(settings):  # a restart re-reads nothing, so it dead-letters nothing again
+        time.sleep(3)
+    _assert_exactly_once(settings, counts)
+    assert verify(settings).ok
+    raw = [m.value() for m in read_topic(settings, "deadletter")]
+    letters = [
+        e
+        for e in map(CODEC.decode, (v for v in raw if v != bad["deadletter"][0]))
+        if isinstance(e, DeadLetter)
+    ]
+    assert len(letters) == len(raw) - 1
+    assert sorted((e.source_topic, e.reason) for e in letters) == sorted(due.items())
+    table = open_table(settings).scan(selected_fields=("topic", "partition", "offset", "avro")).to_arrow()
+    stored = {
+        (t, p, o): a
+        for t, p, o, a in zip(
+            *(table[c].to_pylist() for c in ("topic", "partition", "offset", "avro")), strict=True
+        )
+    }
+    for e in letters:  # each names the stored record it stands for, bytes intact
+        suffix = e.source_topic.rsplit(".", 1)[1]
+        assert (e.consumer, e.key, e.value) == ("sink", keys[suffix], bad[suffix][0])
+        assert stored[(e.source_topic, e.source_partition, e.source_offset)] == e.value
+    rows = open_table(settings).scan(row_filter="event_type == 'Undecodable'").to_arrow()
+    assert sorted(rows["topic"].to_pylist()) == sorted(
+        f"{topic_prefix}.{s}" for s in ("results", "decisions", "catalog", "deadletter")
+    )
