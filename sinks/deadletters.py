@@ -35,6 +35,7 @@ from confluent_kafka import KafkaError, Message
 
 from infra.clients import make_producer
 from processors.kafka_io import dead_letter_event
+from querytrail.observability import DEAD_LETTERS
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
 from schemas.topics import TOPICS, topic_names
@@ -136,15 +137,20 @@ class SinkDeadLetters:
         while True:
             try:
                 self._producer.produce(
-                    self._deadletter_topic, value=value, key=key_for(event), on_delivery=self._delivered
+                    self._deadletter_topic,
+                    value=value,
+                    key=key_for(event),
+                    on_delivery=lambda err, msg, source=record.topic: self._delivered(err, msg, source),
                 )
                 break
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._producer.poll(0.1)
         self._producer.poll(0)
 
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+    def _delivered(self, err: KafkaError | None, msg: Message, source_topic: str) -> None:
+        if err is None:
+            DEAD_LETTERS.labels(source_topic).inc()  # as the publisher counts the worker's
+        else:
             self.failed += 1
             log.error(
                 "a DeadLetter for %s was not delivered (the record's Undecodable row is in the table): %s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from processors.kafka_io import read_topic
 from schemas.events import DeadLetter
@@ -41,6 +42,7 @@ def test_only_stored_records_are_dead_lettered_and_forgotten_ones_are_not(
         Record(requests, 1, 4, b"k", b"junk", None),  # the worker's topic: not the sink's job
         Record(catalog, 0, 5, b"T", b"", None),  # a tombstone on the compacted topic
     ]
+    counted = REGISTRY.get_sample_value("querytrail_dead_letters_total", {"source_topic": results}) or 0.0
     dead = SinkDeadLetters(settings, CODEC)
     body = convert(records, CODEC.decode)  # the rows the sink is about to write
     dead.scan(body)
@@ -50,6 +52,9 @@ def test_only_stored_records_are_dead_lettered_and_forgotten_ones_are_not(
     dead.forget({(results, 1)})  # re-seek: offset 11 will be read (and checked) again
     assert dead.stored({tp_key(results, 1): 13, tp_key(requests, 1): 5, tp_key(catalog, 0): 6}) == 0
     dead.close()
+    assert (
+        REGISTRY.get_sample_value("querytrail_dead_letters_total", {"source_topic": results}) == counted + 2
+    )
     letters = _letters(settings)
     assert sorted((e.source_topic, e.source_partition, e.source_offset) for e in letters) == [
         (results, 1, 3),
