@@ -36,7 +36,7 @@ from confluent_kafka import KafkaException
 from processors import approvals
 from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
-from processors.kafka_io import Publisher, PublishError
+from processors.kafka_io import Publisher, PublishError, dead_letter_event
 from processors.reconcile import RequestScanner
 from processors.runtime import WorkerRuntime
 from processors.worker import CredentialError, approval_satisfied, authorize_approved, decide_request
@@ -148,17 +148,10 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
 
     async def dead_letter(event: Any, reason: str, error: str) -> None:
         m = event.message
-        await asyncio.get_running_loop().run_in_executor(
-            loop_exec,
-            publisher.dead_letter_raw,
-            m.topic,
-            m.partition,
-            m.offset,
-            m.key,
-            m.value,
-            reason,
-            error,
+        letter = dead_letter_event(
+            publisher.component, m.topic, m.partition, m.offset, m.key, m.value, reason, error
         )
+        await publish([letter])
 
     async def check(rid: str, credential: Credential, **kw: Any) -> VerifiedIdentity | CredentialError:
         def run() -> VerifiedIdentity | CredentialError:

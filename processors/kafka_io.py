@@ -97,22 +97,8 @@ class Publisher:
 
     def dead_letter(self, msg: Message, reason: str, error: str) -> None:
         """Send an unusable confluent-kafka record to the dead-letter topic, bytes intact."""
-        self.dead_letter_raw(
-            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), reason, error
-        )
-
-    def dead_letter_raw(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        error: str,
-    ) -> None:
-        """Record an undecodable/unprocessable record as a DeadLetter event; never drop it."""
-        self.publish([dead_letter_event(self.component, topic, partition, offset, key, value, reason, error)])
+        where = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        self.publish([dead_letter_event(self.component, *where, msg.key(), msg.value(), reason, error)])
 
 
 def dead_letter_event(
