@@ -116,7 +116,10 @@ def test_trino_catalog_and_dockerfile() -> None:
     assert urlparse(props["iceberg.rest-catalog.uri"]).hostname == "iceberg-rest"
     dockerfile = (ROOT / "infra/compose/Dockerfile").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r"^packages = \[(.*)\]", pyproject, re.M)
+    packages = re.search(r"^include = \[(.*)\]", pyproject, re.M)  # [tool.setuptools.packages.find]
     assert packages is not None
-    for pkg in re.findall(r'"([^"]+)"', packages.group(1)):
+    for pkg in re.findall(r'"([^"*]+)\*?"', packages.group(1)):
         assert f"COPY {pkg} ./{pkg}" in dockerfile, f"the image lacks the {pkg} package"
+    assert re.search(r"^COPY .*\bsetup\.py\b", dockerfile, re.M), (
+        "the image would build without the native codec"
+    )
