@@ -37,7 +37,7 @@ from processors import approvals
 from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
 from processors.kafka_io import Publisher, PublishError, dead_letter_event
-from processors.reconcile import RequestScanner
+from processors.reconcile import RequestScanner, dead_letter_marker
 from processors.runtime import WorkerRuntime
 from processors.worker import CredentialError, approval_satisfied, authorize_approved, decide_request
 from querytrail.observability import logging_config
@@ -146,12 +146,17 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         if events:
             await asyncio.get_running_loop().run_in_executor(loop_exec, publisher.publish, events)
 
-    async def dead_letter(event: Any, reason: str, error: str) -> None:
+    def marker(m: Any) -> bytes:
+        return dead_letter_marker(m.topic, m.partition, m.offset, settings.kafka.partitions)
+
+    async def dead_letter(event: Any, reason: str, error: str, mark: bool = False) -> None:
         m = event.message
         letter = dead_letter_event(
             publisher.component, m.topic, m.partition, m.offset, m.key, m.value, reason, error
         )
         await publish([letter])
+        if mark:  # unusable bytes: the reconciler will read them again and must not re-send
+            seen_table[marker(m)] = str(int(time.time())).encode()
 
     async def check(rid: str, credential: Credential, **kw: Any) -> VerifiedIdentity | CredentialError:
         def run() -> VerifiedIdentity | CredentialError:
@@ -182,10 +187,10 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         try:
             request = codec.decode(event.value)
         except DecodeError as exc:
-            await dead_letter(event, "undecodable", str(exc))
+            await dead_letter(event, "undecodable", str(exc), mark=True)
             return
         if not isinstance(request, QueryRequested):
-            await dead_letter(event, "unexpected_event", f"{request.event_type} on requests")
+            await dead_letter(event, "unexpected_event", f"{request.event_type} on requests", mark=True)
             return
         rid = request.request_id
         key = rid.encode()
@@ -279,6 +284,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
             log.warning("reconcile scan failed; next tick retries", exc_info=True)
             return
         for record in records:
+            if seen_table.get(marker(record.message)) is not None:
+                continue  # bytes the stream already dead-lettered
             key = record.message.key or b""
             if seen_table.get(key) is None and key not in inflight:
                 log.warning(

@@ -13,6 +13,7 @@ decides those it has no record of (its ``seen`` table and in-flight set).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,9 +24,27 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 from infra.clients import make_consumer
 from querytrail.settings import Settings
 
-__all__ = ["Record", "RequestScanner"]
+__all__ = ["Record", "RequestScanner", "dead_letter_marker"]
 
 log = logging.getLogger(__name__)
+
+
+def dead_letter_marker(topic: str, partition: int, offset: int, partitions: int) -> bytes:
+    """The ``seen`` table key saying the record at topic/partition/offset was dead-lettered.
+
+    The stream marks what it dead-letters; the scanner finds the same bytes again (they never
+    become a decided request id), and without the mark every restart would dead-letter them
+    once more. The key starts with byte 0xFF, which no UTF-8 request id contains, so it cannot
+    shadow a request; a nonce makes it hash (murmur2, the table's partitioner) to the record's
+    own partition, so the worker that owns the partition also holds its marks after a restart.
+    """
+    from aiokafka.partitioner import murmur2
+
+    for nonce in itertools.count():
+        key = b"\xffdead-letter:" + f"{topic}:{partition}:{offset}:{nonce}".encode()
+        if (murmur2(key) & 0x7FFFFFFF) % partitions == partition:
+            return key
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

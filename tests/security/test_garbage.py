@@ -212,3 +212,16 @@ def test_huge_record_within_the_topic_limit_is_dead_lettered_without_a_crash(mak
         _still_serving(stack)
     finally:
         stack.stop()
+
+
+def test_the_reconciler_does_not_dead_letter_garbage_again(stack: Stack) -> None:
+    """The worker's reconciler re-reads every request its group committed past (faust can skip
+    records in a rebalance); garbage it finds there was dead-lettered by the stream already."""
+    sent = [("requests", f"again-{i}".encode(), b"\xc3\x01again-%d" % i) for i in range(4)]
+    _produce(stack, sent)
+    _assert_audited(stack, sent, timeout=120)
+    names = topic_names(stack.prefix)
+    time.sleep(2.5 * stack.settings.worker.reconcile_s)  # at least two scans past the records
+    letters = [e for e in events(stack, "deadletter") if isinstance(e, DeadLetter)]
+    counts = Counter((e.source_topic, e.value) for e in letters)
+    assert all(counts[(names[s], v)] == 1 for s, _k, v in sent), counts
