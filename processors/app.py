@@ -284,15 +284,16 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
             log.warning("reconcile scan failed; next tick retries", exc_info=True)
             return
         for record in records:
-            if seen_table.get(marker(record.message)) is not None:
-                continue  # bytes the stream already dead-lettered
             key = record.message.key or b""
-            if seen_table.get(key) is None and key not in inflight:
-                log.warning(
-                    "request was committed past without a decision; deciding it now",
-                    extra={"request_id": key.decode("utf-8", "replace")},
-                )
-                await guarded(handle_request, record)
+            if seen_table.get(key) is not None or key in inflight:
+                continue  # decided, or being decided
+            if seen_table.get(marker(record.message)) is not None:
+                continue  # bytes the stream already dead-lettered (the mark costs ~85 µs: only here)
+            log.warning(
+                "request was committed past without a decision; deciding it now",
+                extra={"request_id": key.decode("utf-8", "replace")},
+            )
+            await guarded(handle_request, record)
 
     @app.timer(interval=settings.worker.expiry_check_s)
     async def expire_approvals() -> None:

@@ -23,7 +23,7 @@ from schemas.codec import EventCodec, key_for
 from schemas.events import DeadLetter, Event, new_event_id, producer, utcnow
 from schemas.topics import TOPICS, topic_names
 
-__all__ = ["PublishError", "Publisher", "dead_letter_event", "read_topic", "topic_for"]
+__all__ = ["PRODUCER_MAX_BYTES", "PublishError", "Publisher", "dead_letter_event", "read_topic", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ _TOPIC_OF = {event: suffix for suffix, topic in TOPICS.items() for event in topi
 
 _MAX_RECORD = 8 * 1024 * 1024  # the topics' max.message.bytes (schemas.topics)
 _MAX_DEAD_VALUE = _MAX_RECORD - 64 * 1024  # room for the DeadLetter's other fields
+# librdkafka's message.max.bytes for producers of events (its default cap is 1 MB)
+PRODUCER_MAX_BYTES = _MAX_RECORD + 1_048_576
 
 
 def topic_for(event: Event) -> str:
@@ -55,7 +57,7 @@ class Publisher:
         # Records up to the topics' max.message.bytes (8 MiB) must be publishable, above all as
         # DeadLetters carrying an undecodable record's bytes (librdkafka's default cap is 1 MB).
         self.producer: QtProducer = make_producer(
-            settings.kafka, **{"linger.ms": 0, "message.max.bytes": _MAX_RECORD + 1_048_576}
+            settings.kafka, **{"linger.ms": 0, "message.max.bytes": PRODUCER_MAX_BYTES}
         )
 
     def publish(self, events: Iterable[Event], timeout: float = 30.0) -> None:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from confluent_kafka import KafkaError, Message
 
 from infra.clients import make_producer
-from processors.kafka_io import dead_letter_event
+from processors.kafka_io import PRODUCER_MAX_BYTES, dead_letter_event
 from querytrail.observability import DEAD_LETTERS
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 SINK_ONLY_TOPICS = ("decisions", "results", "actions", "catalog")
 _COMPONENT = "sink"
-_MAX_RECORD = 8 * 1024 * 1024 + 1_048_576  # as the publisher: a DeadLetter carries the bytes
 
 
 class SinkDeadLetters:
@@ -68,7 +67,6 @@ class SinkDeadLetters:
         self._compacted = pa.array([names["catalog"]], pa.large_string())
         self.pending: dict[tuple[str, int], dict[int, tuple[Record, str, str]]] = {}
         self._producer: Any = None
-        self.failed = 0  # DeadLetters librdkafka gave up on (logged)
 
     def scan(self, body: pa.Table) -> None:
         """Hold the unusable records of a batch about to be written (``body``: its rows).
@@ -131,7 +129,7 @@ class SinkDeadLetters:
         )
         if self._producer is None:
             self._producer = make_producer(
-                self.settings.kafka, **{"linger.ms": 0, "message.max.bytes": _MAX_RECORD}
+                self.settings.kafka, **{"linger.ms": 0, "message.max.bytes": PRODUCER_MAX_BYTES}
             )
         value = self.codec.encode(event)
         while True:
@@ -151,7 +149,6 @@ class SinkDeadLetters:
         if err is None:
             DEAD_LETTERS.labels(source_topic).inc()  # as the publisher counts the worker's
         else:
-            self.failed += 1
             log.error(
                 "a DeadLetter for %s was not delivered (the record's Undecodable row is in the table): %s",
                 msg.key(),

@@ -197,6 +197,13 @@ class BatchingSink:
         self._pieces = [pa.concat_tables(tables)] if tables else []
         return self._pieces[0] if tables else BODY_SCHEMA.empty_table()
 
+    def _handed_over(self) -> pa.Table:
+        """The rows about to be written, shown to ``on_batch`` first."""
+        body = self._body()
+        if self.on_batch is not None:
+            self.on_batch(body)
+        return body
+
     def flush(self) -> bool:
         """Write all buffered partitions at once; True when something was written.
 
@@ -207,10 +214,11 @@ class BatchingSink:
         ok = False
         try:
             with no_cyclic_gc():  # pyiceberg's metadata copies: as many short-lived objects
-                body = self._body()
-                if self.on_batch is not None:
-                    self.on_batch(body)
-                self.write(body, {tp: b for tp, b in self._batches.items() if b.avro_sha}, list(self._order))
+                self.write(
+                    self._handed_over(),
+                    {tp: b for tp, b in self._batches.items() if b.avro_sha},
+                    list(self._order),
+                )
             ok = True
         finally:
             if ok:
@@ -228,9 +236,7 @@ class BatchingSink:
         """
         if not self.buffered:
             return None
-        body = self._body()
-        if self.on_batch is not None:
-            self.on_batch(body)
+        body = self._handed_over()
         batches = {tp: b for tp, b in self._batches.items() if b.avro_sha}
         order = list(self._order)
         self._inflight = {tp: b.last_offset for tp, b in batches.items()}
