@@ -19,7 +19,7 @@ from typing import Any
 from processors.analysis import Analysis, Finding, analyse
 from processors.analysis.fingerprint import fingerprint
 from processors.catalog import Catalog
-from processors.masking import MaskedColumnPlan, plan_masking
+from processors.masking import MaskedColumnPlan, MaskedRead, MaskingPlan, ReleasedColumn, plan_read_masking
 from processors.policy import (
     FAIL_CLOSED_FINDINGS,
     ApprovalRule,
@@ -28,7 +28,9 @@ from processors.policy import (
     Policy,
     PolicyClassifier,
     Rule,
+    UnmaskGrant,
     dynamic_match,
+    grant_matches,
     masks_for,
     static_match,
 )
@@ -58,6 +60,8 @@ class Decision:
     tags: tuple[str, ...] = ()
     fingerprint: str = ""
     catalog_version: str = ""
+    masked_reads: tuple[MaskedRead, ...] = ()  # classified table columns read through their mask
+    released: tuple[ReleasedColumn, ...] = ()  # classified table columns read raw, and by which grant
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,14 @@ class Decision:
             "rewritten_sql": self.rewritten_sql,
             "estimated_bytes": self.estimated_bytes,
             "policy_sha256": self.policy_sha256,
+            "masked_reads": [
+                {"column": m.column, "classification": m.classification, "mask": m.mask}
+                for m in self.masked_reads
+            ],
+            "unmasked_columns": [
+                {"column": u.column, "classification": u.classification, "rule": u.grant, "reason": u.reason}
+                for u in self.released
+            ],
         }
 
 
@@ -88,8 +100,9 @@ class _Prepared:
     classifications: tuple[str, ...]
     masks: Mapping[str, str]
     classifier: PolicyClassifier
-    masking: tuple[str, tuple[MaskedColumnPlan, ...]] | str | None = None  # str: why it failed
-    decisions: dict[tuple[str, ...], Decision] = field(default_factory=dict)
+    # per set of classifications released raw: the plan, or why it could not be made
+    masking: dict[frozenset[tuple[str, str, str]], MaskingPlan | str] = field(default_factory=dict)
+    decisions: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision] = field(default_factory=dict)
 
 
 _CLASSIFIERS: OrderedDict[tuple[str, str], tuple[PolicyClassifier, dict[str, str]]] = OrderedDict()
@@ -176,19 +189,59 @@ def _finish(
     prep: _Prepared, policy: Policy, catalog: Catalog, claims: Mapping[str, Any], now: datetime
 ) -> Decision:
     matched = tuple(r for r in prep.candidates if not r.when.dynamic or dynamic_match(r, claims, now))
-    key = tuple(r.id for r in matched)
+    grants = tuple(g for g in policy.unmask if grant_matches(g, prep.facts.groups, claims))
+    key = (tuple(r.id for r in matched), tuple(g.id for g in grants))
     found = prep.decisions.get(key)
     if found is not None:
         return found
-    decision = _decide(prep, policy, catalog, matched)
+    decision = _decide(prep, policy, catalog, matched, grants)
     prep.decisions[key] = decision
     return decision
 
 
-def _decide(prep: _Prepared, policy: Policy, catalog: Catalog, matched: tuple[Rule, ...]) -> Decision:
+def _released(
+    grants: tuple[UnmaskGrant, ...], approval: ApprovalRule | None, deciding: list[Rule]
+) -> dict[str, tuple[str, str]]:
+    """classification -> (grant or rule id, reason) for everything this decision reads raw."""
+    out: dict[str, tuple[str, str]] = {}
+    for g in grants:
+        for c in sorted(g.classifications):
+            out.setdefault(c, (g.id, g.reason))
+    if approval is not None:
+        described = {r.id: r.description for r in deciding}
+        for req in approval.requirements:
+            for c in sorted(req.unmask):
+                why = described.get(req.rule_id) or f"released raw on approval by rule {req.rule_id}"
+                out.setdefault(c, (req.rule_id, why))
+    return out
+
+
+def _plan(prep: _Prepared, catalog: Catalog, unmasked: dict[str, tuple[str, str]]) -> MaskingPlan | str:
+    key = frozenset((c, g, why) for c, (g, why) in unmasked.items())
+    found = prep.masking.get(key)
+    if found is None:
+        try:
+            found = plan_read_masking(
+                prep.analysis, prep.masks, prep.classifier, catalog=catalog, unmasked=unmasked
+            )
+        except Exception as exc:  # any masking failure must stop the statement
+            log.warning("masking failed for fingerprint %s: %s", prep.analysis.fingerprint[:16], exc)
+            found = f"{type(exc).__name__}: {exc}"
+        prep.masking[key] = found
+    return found
+
+
+def _decide(
+    prep: _Prepared,
+    policy: Policy,
+    catalog: Catalog,
+    matched: tuple[Rule, ...],
+    grants: tuple[UnmaskGrant, ...] = (),
+) -> Decision:
     a = prep.analysis
     reasons: list[str] = list(prep.fail_closed)
     approval: ApprovalRule | None = None
+    deciding: list[Rule] = []
     if prep.fail_closed:
         outcome = "deny"
     else:
@@ -209,18 +262,19 @@ def _decide(prep: _Prepared, policy: Policy, catalog: Catalog, matched: tuple[Ru
             approval = ApprovalRule(tuple(r.approval for r in deciding if r.approval is not None))
     rewritten: str | None = None
     masked: tuple[MaskedColumnPlan, ...] = ()
+    reads: tuple[MaskedRead, ...] = ()
+    released: tuple[ReleasedColumn, ...] = ()
     if outcome != "deny":
-        if prep.masking is None:
-            try:
-                prep.masking = plan_masking(a, prep.masks, prep.classifier)
-            except Exception as exc:  # any masking failure must stop the statement
-                log.warning("masking failed for fingerprint %s: %s", a.fingerprint[:16], exc)
-                prep.masking = f"{type(exc).__name__}: {exc}"
-        if isinstance(prep.masking, str):
+        plan = _plan(prep, catalog, _released(grants, approval, deciding))
+        if isinstance(plan, str):
             outcome, approval = "deny", None
-            reasons.append(f"fail closed: masking could not be planned ({prep.masking})")
+            reasons.append(f"fail closed: masking could not be planned ({plan})")
         else:
-            rewritten, masked = prep.masking
+            rewritten, masked, reads, released = plan
+            verb = "approving releases raw" if outcome == "require_approval" else "released raw"
+            reasons.extend(
+                f"{verb}: {u.column} ({u.classification}) by {u.grant}: {u.reason}" for u in released
+            )
     if outcome == "deny":
         approval = None
     return Decision(
@@ -240,6 +294,8 @@ def _decide(prep: _Prepared, policy: Policy, catalog: Catalog, matched: tuple[Ru
         tags=tuple(sorted(prep.facts.tags)),
         fingerprint=a.fingerprint,
         catalog_version=catalog.version,
+        masked_reads=reads,
+        released=released,
     )
 
 

@@ -1,56 +1,82 @@
-"""Inline masking: rewrite a SELECT so classified values never leave Snowflake.
+"""Masking at the read: rewrite a statement so classified values never exist unmasked in it.
 
-Each output column whose lineage reaches a classified column is wrapped in its mask at the
-outermost SELECT (every branch of a set operation), over the final output expression, and
-keeps its output name. Because the analyser traced lineage through CTEs, subqueries, unions
-and ``*``, laundering a column through them does not escape the mask.
+Every read of a table that holds classified columns is replaced by a derived table of the same
+name that returns each classified column through its mask, as Snowflake's own masking policies
+do::
 
-UNION ALL is masked inside each branch; UNION (distinct), INTERSECT and EXCEPT compare rows,
-so they run on raw values inside a derived table and the masks wrap it from outside
-(``SELECT mask(_QT.c) AS c FROM (<set operation>) AS _QT``), keeping the row set unchanged.
+    FROM ANALYTICS.PUBLIC.CUSTOMERS AS C
+    -->
+    FROM (SELECT ID, <mask email>(EMAIL) AS EMAIL, ..., CITY FROM ANALYTICS.PUBLIC.CUSTOMERS) AS C
 
-The rewrite starts from the analyser's qualified tree: alias references and positional
-``GROUP BY 1`` are already expanded there, so grouping and filtering keep working on the raw
-values inside Snowflake while only the returned value is masked.
+Because the substitution is at the table, not at the columns the analyser happened to see,
+every clause of the statement (projections, function arguments, aggregates, CASE/IFF
+conditions, WHERE/HAVING/QUALIFY, joins, windows, FLATTEN inputs, CONNECT BY, MATCH_RECOGNIZE,
+ASOF MATCH_CONDITION, PIVOT/UNPIVOT, set operations, subqueries) computes on masked values
+only; no count, predicate outcome, conversion error or string function can carry a raw value
+out. A filter on a masked column therefore compares the *masked* value (``WHERE EMAIL =
+'a@b.com'`` matches nothing; ``WHERE EMAIL LIKE '%@acme.com'`` still works, since the domain
+is what the email mask shows).
+
+Partial masks (email keeps the domain, last4 the last four characters) are sound on the bare
+value only. An output column computed from one (anything but a pass-through: alias, cast,
+UPPER/LOWER/TRIM, set operation) is therefore also wrapped in ``redact`` at the outermost
+SELECT, so slicing or padding a masked value returns nothing of it either. Among several
+classified sources of one output the strongest mask is reported (nullify > redact > hash >
+last4 > email).
 
 Masks (Snowflake SQL, also run by fakesnow/DuckDB in tests)::
 
-    email    '****@' || SPLIT_PART(TO_VARCHAR(x), '@', 2)     keeps the domain
+    email    '****@' || the part after the last '@' (NULL stays NULL)
     last4    '***-**-' || RIGHT(TO_VARCHAR(x), 4)
     hash     SHA2(TO_VARCHAR(x), 256)
-    nullify  CAST(IFF(x IS NULL, NULL, NULL) AS <column type>)
-    redact   IFF(x IS NULL, '***MASKED***', '***MASKED***')
+    nullify  CAST(NULL AS <column type>)
+    redact   '***MASKED***'
 
-(nullify and redact keep ``x`` in the expression so an aggregate stays an aggregate.)
+A classification granted raw to the caller (``unmask``, see docs/policy.md) is read unmasked;
+the plan names every such column and the grant that released it.
 
-Format-preserving masks (email, last4) are only sound on the value itself: ``'x@' || email``
-or ``REVERSE(email)`` would leak through them. So when a source reaches the output through
-anything but a pass-through (alias, cast, UPPER/LOWER/TRIM, set operation), email and last4
-are raised to ``redact``. Among several classified sources the strongest mask wins
-(nullify > redact > hash > last4 > email).
+Writes: the target of INSERT/UPDATE/DELETE/MERGE cannot be replaced by a derived table, so a
+write that *reads* a classified column of its own target (in WHERE, SET values, ON, ...) is
+refused (MaskingError); everything else it reads is masked at the read like a query.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.optimizer.qualify_columns import quote_identifiers
 
+from processors.analysis.lineage import table_fq
 from processors.analysis.model import Analysis, Classifier, OutputColumn
 
-__all__ = ["MASKS", "STRENGTH", "MaskedColumnPlan", "MaskingError", "mask_expression", "plan_masking"]
+__all__ = [
+    "MASKS",
+    "STRENGTH",
+    "MaskedColumnPlan",
+    "MaskedRead",
+    "MaskingError",
+    "MaskingPlan",
+    "ReleasedColumn",
+    "mask_expression",
+    "plan_masking",
+    "plan_read_masking",
+]
 
 STRENGTH = ("nullify", "redact", "hash", "last4", "email")  # strongest first
 MASKS = frozenset(STRENGTH)
 _FORMAT_PRESERVING = frozenset({"email", "last4"})
 # statements that can return rows the analyser cannot see into: never run unmasked
 _UNMASKABLE = frozenset({"unknown", "multi", "call"})
+# statements that read no table rows: nothing to mask
+_NO_READS = frozenset({"use", "show", "describe", "transaction", "other", "grant"})
 _PLAIN = re.compile(r"[A-Z_][A-Z0-9_$]*")
 _SNOWFLAKE = Dialect.get_or_raise("snowflake")
+REDACTED = "***MASKED***"
 
 
 class MaskingError(Exception):
@@ -59,18 +85,46 @@ class MaskingError(Exception):
 
 @dataclass(frozen=True)
 class MaskedColumnPlan:
+    """An output column whose values come from classified columns, and the mask it shows."""
+
     output: str
     source: str
     classification: str
     mask: str
 
 
+@dataclass(frozen=True)
+class MaskedRead:
+    """A classified table column that the statement reads through its mask."""
+
+    column: str  # DB.SCHEMA.TABLE.COLUMN
+    classification: str
+    mask: str
+
+
+@dataclass(frozen=True)
+class ReleasedColumn:
+    """A classified table column the statement reads raw, and the grant that released it."""
+
+    column: str
+    classification: str
+    grant: str  # the unmask grant's or approval rule's id
+    reason: str
+
+
+class MaskingPlan(NamedTuple):
+    sql: str
+    columns: tuple[MaskedColumnPlan, ...]  # masked output columns (the policy check contract)
+    reads: tuple[MaskedRead, ...] = ()
+    released: tuple[ReleasedColumn, ...] = ()
+
+
 def _varchar(x: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="TO_VARCHAR", expressions=[x])
 
 
-def _constant(x: exp.Expr, value: exp.Expr) -> exp.Expr:
-    return exp.If(this=exp.Is(this=x, expression=exp.null()), true=value, false=value.copy())
+def _lit(value: str) -> exp.Literal:
+    return exp.Literal.string(value)
 
 
 def mask_expression(kind: str, x: exp.Expr, col_type: str | None = None) -> exp.Expr:
@@ -80,40 +134,294 @@ def mask_expression(kind: str, x: exp.Expr, col_type: str | None = None) -> exp.
     'SHA2(TO_VARCHAR(SSN), 256)'
     """
     if kind == "email":
-        part = exp.Anonymous(
-            this="SPLIT_PART", expressions=[_varchar(x), exp.Literal.string("@"), exp.Literal.number(2)]
+        text = _varchar(x)
+        domain = exp.If(
+            this=exp.Like(this=text.copy(), expression=_lit("%@%")),
+            true=exp.Anonymous(
+                this="SPLIT_PART", expressions=[text.copy(), _lit("@"), exp.Literal.number(-1)]
+            ),
+            false=_lit(""),
         )
-        return exp.DPipe(this=exp.Literal.string("****@"), expression=part, safe=True)
+        masked = exp.DPipe(this=_lit("****@"), expression=domain, safe=True)
+        return exp.If(this=exp.Is(this=x.copy(), expression=exp.null()), true=exp.null(), false=masked)
     if kind == "last4":
         right = exp.Anonymous(this="RIGHT", expressions=[_varchar(x), exp.Literal.number(4)])
-        return exp.DPipe(this=exp.Literal.string("***-**-"), expression=right, safe=True)
+        return exp.DPipe(this=_lit("***-**-"), expression=right, safe=True)
     if kind == "hash":
         return exp.SHA2(this=_varchar(x), length=exp.Literal.number(256))
-    # nullify/redact still mention x: a bare constant would turn MAX(x) into a non-aggregate
-    # and change the row count; both IFF branches are equal, so nothing about x is revealed
     if kind == "nullify":
-        return exp.cast(_constant(x, exp.null()), col_type or "VARCHAR", copy=False)
+        return exp.cast(exp.null(), col_type or "VARCHAR", copy=False)
     if kind == "redact":
-        return _constant(x, exp.Literal.string("***MASKED***"))
+        return _lit(REDACTED)
     raise MaskingError(f"unknown mask {kind!r}")
 
 
-def _choose(out: OutputColumn, masks: Mapping[str, str], classifier: Classifier) -> MaskedColumnPlan | None:
+def _output_mask(kind: str, x: exp.Expr, col_type: str | None) -> exp.Expr:
+    """A mask over an output that may be an aggregate: keep ``x`` in it so MAX(x) stays one."""
+    value: exp.Expr = _lit(REDACTED) if kind == "redact" else exp.cast(exp.null(), col_type or "VARCHAR")
+    return exp.If(this=exp.Is(this=x, expression=exp.null()), true=value, false=value.copy())
+
+
+def _identifier(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=not _PLAIN.fullmatch(name))
+
+
+def _catalog_of(classifier: Classifier, catalog: Any) -> Any:
+    found = catalog if catalog is not None else getattr(classifier, "catalog", None)
+    if found is None:
+        raise MaskingError("no catalog to list the columns of a classified table")
+    return found
+
+
+@dataclass
+class _TableMasks:
+    """For one catalog table: the projection that masks it, or None when nothing is masked."""
+
+    projection: list[exp.Expr] | None
+    reads: list[MaskedRead]
+    released: list[ReleasedColumn]
+
+
+class _ReadMasker:
+    def __init__(
+        self,
+        masks: Mapping[str, str],
+        classifier: Classifier,
+        catalog: Any,
+        unmasked: Mapping[str, tuple[str, str]],
+    ) -> None:
+        self.masks = masks
+        self.classifier = classifier
+        self.catalog = catalog
+        self.unmasked = unmasked
+        self._tables: dict[str, _TableMasks] = {}
+
+    def kind_for(self, classification: str) -> str:
+        kind = self.masks.get(classification, "redact")  # classified but no mask configured: fail closed
+        if kind not in MASKS:
+            raise MaskingError(f"classification {classification} has unknown mask {kind!r}")
+        return kind
+
+    def table(self, fq: str) -> _TableMasks:
+        found = self._tables.get(fq)
+        if found is not None:
+            return found
+        info = self.catalog.table(fq)
+        if info is None:
+            raise MaskingError(f"table {fq} is not in the catalog, so its reads cannot be masked")
+        projection: list[exp.Expr] = []
+        reads: list[MaskedRead] = []
+        released: list[ReleasedColumn] = []
+        for col in info.columns:
+            ref = exp.column(_identifier(col.name))
+            cls_ = self.classifier.column_classification(f"{fq}.{col.name}")
+            if not cls_:
+                projection.append(ref)
+                continue
+            grant = self.unmasked.get(cls_)
+            if grant is not None:
+                released.append(ReleasedColumn(f"{fq}.{col.name}", cls_, grant[0], grant[1]))
+                projection.append(ref)
+                continue
+            kind = self.kind_for(cls_)
+            reads.append(MaskedRead(f"{fq}.{col.name}", cls_, kind))
+            projection.append(exp.alias_(mask_expression(kind, ref, col.type), _identifier(col.name)))
+        found = _TableMasks(projection if reads else None, reads, released)
+        self._tables[fq] = found
+        return found
+
+
+def _unwrap(node: Any) -> Any:
+    if isinstance(node, exp.Schema):
+        return node.this
+    return node
+
+
+def _write_targets(node: exp.Expr) -> list[exp.Table]:
+    targets: list[Any] = []
+    if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Copy)):
+        targets.append(_unwrap(node.this))
+    elif isinstance(node, exp.MultitableInserts):
+        targets.extend(_unwrap(i.this) for i in node.find_all(exp.Insert))
+    elif isinstance(node, (exp.Alter, exp.Drop, exp.TruncateTable, exp.Comment)):
+        targets.extend(node.find_all(exp.Table))
+    return [t for t in targets if isinstance(t, exp.Table)]
+
+
+def _cte_names(tree: exp.Expr) -> set[str]:
+    return {cte.alias for cte in tree.find_all(exp.CTE)}
+
+
+def _derived(table: exp.Table, projection: list[exp.Expr]) -> exp.Subquery:
+    """``(SELECT <projection> FROM <table>) AS <alias>``, keeping time travel and SAMPLE inside."""
+    alias = table.args.get("alias")
+    pivots = table.args.get("pivots")
+    inner = table.copy()
+    for arg in ("alias", "pivots", "joins", "laterals"):
+        inner.set(arg, None)
+    select = exp.Select(expressions=[p.copy() for p in projection]).from_(inner, copy=False)
+    if alias is None:
+        alias = exp.TableAlias(this=exp.to_identifier(table.name, quoted=not _PLAIN.fullmatch(table.name)))
+    sub = exp.Subquery(this=select, alias=alias.copy())
+    if pivots:
+        sub.set("pivots", [p.copy() for p in pivots])
+    if table.args.get("joins") or table.args.get("laterals"):
+        raise MaskingError("a table with attached joins cannot be masked at the read")
+    return sub
+
+
+def _target_reads(root: exp.Expr, target: exp.Table, classified: set[str]) -> list[str]:
+    """Classified columns of a write's own target that the statement reads (not SET targets)."""
+    alias = target.alias_or_name
+    found: list[str] = []
+    for col in root.find_all(exp.Column):
+        if col.name.upper() not in classified or (col.table and col.table != alias):
+            continue
+        parent = col.parent
+        if (
+            isinstance(parent, exp.EQ)
+            and parent.this is col
+            and isinstance(parent.parent, (exp.Update, exp.When))
+        ):
+            continue  # SET col = ... writes the column
+        if isinstance(parent, exp.Schema) or isinstance(col.find_ancestor(exp.Schema), exp.Schema):
+            continue  # INSERT INTO t (col, ...) names it
+        found.append(col.name)
+    return found
+
+
+def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], list[ReleasedColumn]]:
+    """Replace every read of a classified catalog table with its masking derived table."""
+    written = {id(t) for t in _write_targets(tree)}
+    ctes = _cte_names(tree)
+    reads: dict[str, MaskedRead] = {}
+    released: dict[str, ReleasedColumn] = {}
+    for table in list(tree.find_all(exp.Table)):
+        if table.find_ancestor(exp.Describe) is not None:
+            continue
+        fq = table_fq(table)
+        if fq is None:
+            if not table.args.get("db") and table.name in ctes:
+                continue  # a CTE reference: its own reads are masked where they happen
+            if isinstance(table.this, exp.Identifier) and table.this.name.startswith("@"):
+                continue  # a stage location (denied by the policy's data_export / unresolved rules)
+            raise MaskingError(
+                f"table {table.sql('snowflake')} could not be resolved, so its reads cannot be masked"
+            )
+        if masker.catalog.table(fq) is None and id(table) in written:
+            continue  # a table the statement creates
+        masks = masker.table(fq)
+        for rel in masks.released:
+            released[rel.column] = rel
+        if masks.projection is None:
+            continue
+        for read in masks.reads:
+            reads[read.column] = read
+        if id(table) in written:
+            classified = {read.column.rsplit(".", 1)[1] for read in masks.reads}
+            used = _target_reads(tree, table, classified)
+            if used:
+                raise MaskingError(
+                    f"the write reads classified column(s) {', '.join(sorted(set(used)))} of its own "
+                    f"target {fq}, which cannot be masked at the read"
+                )
+            continue
+        table.replace(_derived(table, masks.projection))
+    return list(reads.values()), list(released.values())
+
+
+def _choose(out: OutputColumn, masker: _ReadMasker) -> tuple[MaskedColumnPlan | None, bool]:
+    """(the mask this output shows, whether it must be wrapped at the output)."""
     best: MaskedColumnPlan | None = None
+    wrap = False
     passthrough = set(out.passthrough)
     for fq in out.sources:
-        cls_ = classifier.column_classification(fq)
-        if not cls_:
+        cls_ = masker.classifier.column_classification(fq)
+        if not cls_ or cls_ in masker.unmasked:
             continue
-        kind = masks.get(cls_, "redact")  # classified but no mask configured: fail closed
-        if kind not in MASKS:
-            raise MaskingError(f"classification {cls_} has unknown mask {kind!r}")
+        kind = masker.kind_for(cls_)
         if kind in _FORMAT_PRESERVING and fq not in passthrough:
-            kind = "redact"
+            kind, wrap = "redact", True
         plan = MaskedColumnPlan(output=out.name, source=fq, classification=cls_, mask=kind)
         if best is None or STRENGTH.index(kind) < STRENGTH.index(best.mask):
             best = plan
-    return best
+    return best, wrap
+
+
+def plan_read_masking(
+    analysis: Analysis,
+    masks_by_classification: Mapping[str, str],
+    classifier: Classifier,
+    *,
+    catalog: Any = None,
+    unmasked: Mapping[str, tuple[str, str]] | None = None,
+) -> MaskingPlan:
+    """The statement to run with every classified read masked, and what was masked or released.
+
+    ``unmasked`` maps a classification to the (grant id, reason) that releases it raw.
+    Statements that read no rows (USE, SHOW, DESCRIBE, ...) and statements that read no
+    classified column come back as their own text. Raises MaskingError when the statement
+    cannot be masked with certainty (unknown, multi-statement and CALL text, unexpanded ``*``,
+    names known only at run time, tables missing from the catalog).
+    """
+    kind = analysis.statement
+    if kind in _UNMASKABLE:
+        raise MaskingError(f"a {kind} statement may return data that cannot be masked")
+    if kind in _NO_READS:
+        return MaskingPlan(analysis.sql, ())
+    if analysis.parsed is None:
+        raise MaskingError("no parsed statement to mask")
+    if kind == "set":
+        if analysis.tables_read:
+            raise MaskingError("SET from a query keeps values in the session, where they cannot be masked")
+        return MaskingPlan(analysis.sql, ())
+    if kind == "select":
+        if "select_star_unknown" in analysis.finding_codes or any(
+            o.name == "*" for o in analysis.output_columns
+        ):
+            raise MaskingError("a * could not be expanded, so its columns cannot be masked")
+        opaque = [o.name for o in analysis.output_columns if not o.resolved]
+        if opaque:
+            raise MaskingError(f"output(s) {', '.join(opaque)} depend on names only known at run time")
+    masker = _ReadMasker(
+        masks_by_classification, classifier, _catalog_of(classifier, catalog), unmasked or {}
+    )
+    tree = analysis.parsed.copy()
+    reads, released = _mask_reads(tree, masker)
+    plans: list[MaskedColumnPlan | None] = []
+    wraps: list[bool] = []
+    if kind == "select":
+        for out in analysis.output_columns:
+            plan, wrap = _choose(out, masker)
+            plans.append(plan)
+            wraps.append(wrap)
+    if not reads:
+        # nothing classified is read masked: run the caller's own text
+        return MaskingPlan(analysis.sql, (), (), tuple(released))
+    if kind == "select":
+        tree = _wrap_outputs(tree, analysis.output_columns, plans, wraps)
+    quote_identifiers(tree, dialect="snowflake", identify=False)
+    # the tree is our own copy: let the generator skip its defensive deep copy
+    sql = _SNOWFLAKE.generate(tree, copy=False)
+    return MaskingPlan(sql, tuple(p for p in plans if p is not None), tuple(reads), tuple(released))
+
+
+def plan_masking(
+    analysis: Analysis,
+    masks_by_classification: Mapping[str, str],
+    classifier: Classifier,
+    *,
+    catalog: Any = None,
+    unmasked: Mapping[str, tuple[str, str]] | None = None,
+) -> tuple[str, tuple[MaskedColumnPlan, ...]]:
+    """(Snowflake SQL to run, one plan entry per masked output column); see plan_read_masking."""
+    plan = plan_read_masking(
+        analysis, masks_by_classification, classifier, catalog=catalog, unmasked=unmasked
+    )
+    return plan.sql, plan.columns
+
+
+# output wrapping (partial masks computed into something else) ---------------------------------
 
 
 def _branches(node: exp.Expr) -> list[exp.Select]:
@@ -126,10 +434,6 @@ def _branches(node: exp.Expr) -> list[exp.Select]:
     raise MaskingError(f"cannot mask a {type(node).__name__} result")
 
 
-def _identifier(name: str) -> exp.Identifier:
-    return exp.to_identifier(name, quoted=not _PLAIN.fullmatch(name))
-
-
 def _rename_refs(scope_node: exp.Expr, renames: dict[str, str]) -> None:
     """Point ORDER BY references at the renamed output aliases."""
     order = scope_node.args.get("order")
@@ -140,55 +444,54 @@ def _rename_refs(scope_node: exp.Expr, renames: dict[str, str]) -> None:
             col.set("this", _identifier(renames[col.name]))
 
 
-def plan_masking(
-    analysis: Analysis, masks_by_classification: Mapping[str, str], classifier: Classifier
-) -> tuple[str, tuple[MaskedColumnPlan, ...]]:
-    """(Snowflake SQL to run, one plan entry per masked output column).
-
-    Statements that return no table data (DML, DDL, USE, SHOW, ...) come back unchanged.
-    Raises MaskingError when a SELECT's outputs cannot be fully accounted for, and for
-    unknown, multi-statement and CALL text, whose results nobody can see into.
-    """
-    if analysis.statement in _UNMASKABLE:
-        raise MaskingError(f"a {analysis.statement} statement may return data that cannot be masked")
-    if analysis.statement != "select":
-        return analysis.sql, ()
-    if analysis.parsed is None:
-        raise MaskingError("no parsed statement to mask")
-    if "select_star_unknown" in analysis.finding_codes or any(o.name == "*" for o in analysis.output_columns):
-        raise MaskingError("a * could not be expanded, so its columns cannot be masked")
-    opaque = [o.name for o in analysis.output_columns if not o.resolved]
-    if opaque:
-        raise MaskingError(f"output(s) {', '.join(opaque)} depend on names only known at run time")
-    plans = [_choose(o, masks_by_classification, classifier) for o in analysis.output_columns]
-    if not any(plans):
-        return analysis.sql, ()
-    tree = analysis.parsed.copy()
+def _wrap_outputs(
+    tree: exp.Expr,
+    outputs: tuple[OutputColumn, ...],
+    plans: list[MaskedColumnPlan | None],
+    wraps: list[bool],
+) -> exp.Expr:
+    """Name every output as Snowflake would have, and wrap the computed partial masks."""
     top = tree
     while isinstance(top, exp.Subquery):
         top = top.this
-    if isinstance(top, exp.SetOperation) and _compares_values(top):
-        tree = _mask_outside(top, analysis.output_columns, plans)
-    else:
-        _mask_branches(tree, analysis.output_columns, plans)
-    quote_identifiers(tree, dialect="snowflake", identify=False)
-    # the tree is our own copy: let the generator skip its defensive deep copy
-    return _SNOWFLAKE.generate(tree, copy=False), tuple(p for p in plans if p is not None)
+    if isinstance(top, exp.SetOperation) and any(wraps):
+        return _wrap_outside(top, outputs, plans, wraps)
+    sel = _branches(tree)[0]
+    renames = _wrap_select(sel, outputs, plans, wraps)
+    if top is not sel:
+        _rename_refs(top, renames)
+    return tree
 
 
-def _compares_values(node: exp.Expr) -> bool:
-    """UNION (distinct), INTERSECT, EXCEPT compare rows: they must see raw values, not masks."""
-    while isinstance(node, exp.Subquery):
-        node = node.this
-    if not isinstance(node, exp.SetOperation):
-        return False
-    if not isinstance(node, exp.Union) or node.args.get("distinct"):
-        return True
-    return _compares_values(node.this) or _compares_values(node.expression)
+def _wrap_select(
+    sel: exp.Select,
+    outputs: Iterable[OutputColumn],
+    plans: list[MaskedColumnPlan | None],
+    wraps: list[bool],
+) -> dict[str, str]:
+    outs = list(outputs)
+    if len(sel.expressions) != len(outs):
+        raise MaskingError("the outputs of the statement could not be matched to its projections")
+    renames: dict[str, str] = {}
+    for pos, (out, plan, wrap) in enumerate(zip(outs, plans, wraps, strict=True)):
+        proj = sel.expressions[pos]
+        inner = proj.this if isinstance(proj, exp.Alias) else proj
+        old = proj.alias_or_name
+        if old != out.name:
+            renames[old] = out.name
+        if plan is not None and wrap:
+            kind = "nullify" if plan.mask == "nullify" else "redact"
+            inner = _output_mask(kind, inner, out.type)
+        proj.replace(exp.alias_(inner, _identifier(out.name), copy=False))
+    _rename_refs(sel, renames)
+    return renames
 
 
-def _mask_outside(
-    top: exp.SetOperation, outputs: tuple[OutputColumn, ...], plans: list[MaskedColumnPlan | None]
+def _wrap_outside(
+    top: exp.SetOperation,
+    outputs: tuple[OutputColumn, ...],
+    plans: list[MaskedColumnPlan | None],
+    wraps: list[bool],
 ) -> exp.Expr:
     """``SELECT mask(_QT.c) AS c, ... FROM (<set operation>) AS _QT`` keeping ORDER BY/LIMIT outside."""
     first = _branches(top)[0]
@@ -202,10 +505,11 @@ def _mask_outside(
             proj.replace(exp.alias_(inner, _identifier(out.name), copy=False))
     _rename_refs(top, renames)
     projections = []
-    for out, plan in zip(outputs, plans, strict=True):
+    for out, plan, wrap in zip(outputs, plans, wraps, strict=True):
         ref: exp.Expr = exp.column(_identifier(out.name), table=exp.to_identifier("_QT"))
-        if plan is not None:
-            ref = mask_expression(plan.mask, ref, out.type)
+        if plan is not None and wrap:
+            kind = "nullify" if plan.mask == "nullify" else "redact"
+            ref = _output_mask(kind, ref, out.type)
         projections.append(exp.alias_(ref, _identifier(out.name), copy=False))
     outer = exp.Select(expressions=projections)
     for arg in ("with_", "order", "limit", "offset"):
@@ -217,31 +521,3 @@ def _mask_outside(
         "from_", exp.From(this=exp.Subquery(this=top, alias=exp.TableAlias(this=exp.to_identifier("_QT"))))
     )
     return outer
-
-
-def _mask_branches(
-    tree: exp.Expr, outputs: tuple[OutputColumn, ...], plans: list[MaskedColumnPlan | None]
-) -> None:
-    """Wrap each masked output in every branch of the outermost SELECT (UNION ALL is row-wise)."""
-    branches = _branches(tree)
-    n = len(outputs)
-    for i, sel in enumerate(branches):
-        if len(sel.expressions) != n:
-            raise MaskingError("set operation branches disagree on the number of columns")
-        renames: dict[str, str] = {}
-        for pos, (out, plan) in enumerate(zip(outputs, plans, strict=True)):
-            proj = sel.expressions[pos]
-            inner = proj.this if isinstance(proj, exp.Alias) else proj
-            old = proj.alias_or_name
-            if plan is not None:
-                inner = mask_expression(plan.mask, inner, out.type)
-            elif i > 0 and not isinstance(proj, exp.Alias):
-                continue  # later branches' names do not matter
-            if old != out.name:
-                renames[old] = out.name
-            proj.replace(exp.alias_(inner, _identifier(out.name), copy=False))
-        if i == 0:
-            _rename_refs(sel, renames)
-            top = tree.this if isinstance(tree, exp.Subquery) else tree
-            if top is not sel:
-                _rename_refs(top, renames)

@@ -4,7 +4,7 @@ See docs/policy.md for the language reference.
 """
 
 from processors.policy.classifier import FALLBACK_MASK, PolicyClassifier, masks_for
-from processors.policy.conditions import Facts, dynamic_match, static_match
+from processors.policy.conditions import Facts, dynamic_match, grant_matches, static_match
 from processors.policy.loader import load_policy, parse_policy
 from processors.policy.model import (
     FAIL_CLOSED_FINDINGS,
@@ -20,6 +20,7 @@ from processors.policy.model import (
     Policy,
     PolicyError,
     Rule,
+    UnmaskGrant,
 )
 from processors.policy.units import SIZE_UNITS, parse_duration, parse_glob, parse_hours, parse_size
 
@@ -41,7 +42,9 @@ __all__ = [
     "PolicyClassifier",
     "PolicyError",
     "Rule",
+    "UnmaskGrant",
     "dynamic_match",
+    "grant_matches",
     "load_policy",
     "masks_for",
     "parse_duration",

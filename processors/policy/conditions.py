@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.policy.model import Conditions, Rule
+from processors.policy.model import Conditions, Rule, UnmaskGrant
 
-__all__ = ["Facts", "dynamic_match", "static_match"]
+__all__ = ["Facts", "dynamic_match", "grant_matches", "static_match"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,19 @@ def dynamic_match(rule: Rule, claims: Mapping[str, Any], now: datetime) -> bool:
             return False
         if w.days is not None and utc.weekday() not in w.days:
             return False
+    return True
+
+
+def grant_matches(grant: UnmaskGrant, groups: frozenset[str], claims: Mapping[str, Any]) -> bool:
+    """Whether an ``unmask`` grant applies to this identity: every listed group and claim holds."""
+    w = grant.when
+    if w.groups is None and w.claims is None:
+        return False  # the loader refuses such a grant; never let one apply to everyone
+    if w.groups is not None and not w.groups <= groups:
+        return False
+    if w.claims is not None:
+        probe = Rule(id=grant.id, when=Conditions(claims=w.claims), then="allow")
+        return dynamic_match(probe, claims, datetime.now(UTC))
     return True
 
 

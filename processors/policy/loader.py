@@ -25,13 +25,14 @@ from processors.policy.model import (
     Policy,
     PolicyError,
     Rule,
+    UnmaskGrant,
 )
 from processors.policy.units import parse_duration, parse_glob, parse_hours, parse_size
 
 __all__ = ["load_policy", "parse_policy"]
 
 T = TypeVar("T")
-_TOP = {"version", "defaults", "classifications", "columns", "tables", "rules"}
+_TOP = {"version", "defaults", "classifications", "columns", "tables", "rules", "unmask"}
 _DEFAULTS = {"decision", "max_result_rows", "approval_ttl", "approvers", "min_approvals"}
 _WHEN = {"identity", "statement", "tables", "tables_tagged", "findings", "estimated_bytes_gt", "time"}
 _RULE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -201,6 +202,28 @@ def _build(r: _Reader, root: Node, source: str, digest: str) -> Policy:
                 continue
             seen[rule.id] = rule.line
             rules.append(rule)
+    grants: list[UnmaskGrant] = []
+    if "unmask" in top:
+        for item in _items(r, top["unmask"], "unmask"):
+            grant = r.attempt(lambda item=item: _grant(r, item, classifications))  # type: ignore[misc]
+            if grant is None:
+                continue
+            if grant.id in seen or any(g.id == grant.id for g in grants):
+                r.mistakes.append(
+                    _Mistake(item, f"duplicate id {grant.id!r} (rule and unmask ids are one namespace)")
+                )
+                continue
+            grants.append(grant)
+    for rule in rules:
+        unknown = rule.approval.unmask - classifications.keys() if rule.approval is not None else set()
+        if unknown:
+            r.mistakes.append(
+                _Mistake(
+                    None,
+                    f"rule {rule.id!r} (line {rule.line}): unmask names unknown classification(s) "
+                    f"{', '.join(sorted(unknown))}",
+                )
+            )
     return Policy(
         sha256=digest,
         source=source,
@@ -212,6 +235,7 @@ def _build(r: _Reader, root: Node, source: str, digest: str) -> Policy:
         columns=tuple(columns),
         tables=tuple(tables),
         rules=tuple(rules),
+        unmask=tuple(grants),
     )
 
 
@@ -253,15 +277,60 @@ def _table(r: _Reader, node: Node) -> tuple[Glob, frozenset[str]]:
     return glob, frozenset(tag for _, tag in r.strings(spec["tags"], "tags"))
 
 
+def _identity(r: _Reader, node: Node, kw: dict[str, Any]) -> None:
+    ident = r.mapping(node, "identity", {"groups", "claims"})
+    if "groups" in ident:
+        kw["groups"] = frozenset(g for _, g in r.strings(ident["groups"], "groups"))
+    if "claims" in ident:
+        claims_node = ident["claims"]
+        if not isinstance(claims_node, MappingNode) or not claims_node.value:
+            _fail(claims_node, "claims must be a non-empty mapping of claim -> glob")
+        kw["claims"] = tuple(
+            (r.string(k, "claim name"), r.convert(v, parse_glob)) for k, v in claims_node.value
+        )
+
+
+def _grant(r: _Reader, node: Node, classifications: dict[str, str]) -> UnmaskGrant:
+    spec = r.mapping(
+        node, "unmask entry", {"id", "identity", "classifications", "reason"},
+        required=("id", "identity", "classifications", "reason"),
+    )  # fmt: skip
+    grant_id = r.string(spec["id"], "unmask id")
+    if not set(grant_id) <= _RULE_ID_CHARS:
+        _fail(spec["id"], f"unmask id {grant_id!r} may only hold letters, digits and - _ . :")
+    kw: dict[str, Any] = {}
+    _identity(r, spec["identity"], kw)
+    if not kw:
+        _fail(
+            spec["identity"],
+            "an unmask grant needs identity groups and/or claims: it never applies to everyone",
+        )
+    names = r.strings(spec["classifications"], "classifications")
+    for name_node, name in names:
+        if name not in classifications:
+            _fail(name_node, f"unknown classification {name!r} (not under classifications)")
+    reason = r.string(spec["reason"], "reason")
+    return UnmaskGrant(
+        id=grant_id,
+        classifications=frozenset(n for _, n in names),
+        when=Conditions(**kw),
+        reason=reason,
+        line=node.start_mark.line + 1,
+    )
+
+
 def _approval(r: _Reader, node: Node, rule_id: str, ttl: int) -> ApprovalRequirement:
-    spec = r.mapping(node, "require_approval", {"approvers", "min_approvals", "ttl"})
+    spec = r.mapping(node, "require_approval", {"approvers", "min_approvals", "ttl", "unmask"})
     if "approvers" not in spec:
         _fail(node, "require_approval needs approvers (a list of groups)")
     approvers = tuple(sorted({g for _, g in r.strings(spec["approvers"], "approvers")}))
     min_approvals = r.integer(spec["min_approvals"], "min_approvals", 1) if "min_approvals" in spec else 1
     if "ttl" in spec:
         ttl = r.convert(spec["ttl"], parse_duration)
-    return ApprovalRequirement(rule_id=rule_id, approvers=approvers, min_approvals=min_approvals, ttl_s=ttl)
+    unmask = frozenset(c for _, c in r.strings(spec["unmask"], "unmask")) if "unmask" in spec else frozenset()
+    return ApprovalRequirement(
+        rule_id=rule_id, approvers=approvers, min_approvals=min_approvals, ttl_s=ttl, unmask=unmask
+    )
 
 
 def _default_decision(
@@ -314,16 +383,7 @@ def _when(r: _Reader, node: Node, known_tags: frozenset[str]) -> Conditions:
     spec = r.mapping(node, "when", _WHEN)
     kw: dict[str, Any] = {}
     if "identity" in spec:
-        ident = r.mapping(spec["identity"], "identity", {"groups", "claims"})
-        if "groups" in ident:
-            kw["groups"] = frozenset(g for _, g in r.strings(ident["groups"], "groups"))
-        if "claims" in ident:
-            claims_node = ident["claims"]
-            if not isinstance(claims_node, MappingNode) or not claims_node.value:
-                _fail(claims_node, "claims must be a non-empty mapping of claim -> glob")
-            kw["claims"] = tuple(
-                (r.string(k, "claim name"), r.convert(v, parse_glob)) for k, v in claims_node.value
-            )
+        _identity(r, spec["identity"], kw)
     if "statement" in spec:
         kinds = r.strings(spec["statement"], "statement")
         for kind_node, kind in kinds:

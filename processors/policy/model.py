@@ -22,6 +22,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Rule",
+    "UnmaskGrant",
 ]
 
 KNOWN_MASKS: frozenset[str] = frozenset({"email", "last4", "hash", "nullify", "redact"})
@@ -111,6 +112,8 @@ class ApprovalRequirement:
     approvers: tuple[str, ...]
     min_approvals: int
     ttl_s: int
+    # classifications an approval of this rule releases raw (``unmask:``), empty for none
+    unmask: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,11 @@ class ApprovalRule:
     @property
     def ttl_s(self) -> int:
         return min(r.ttl_s for r in self.requirements)
+
+    @property
+    def unmask(self) -> frozenset[str]:
+        """Classifications that approving releases raw (any requirement's ``unmask``)."""
+        return frozenset(c for r in self.requirements for c in r.unmask)
 
     def is_satisfied(self, approvals: Mapping[str, Iterable[str]]) -> bool:
         """``approvals`` maps each distinct approving subject to its groups. An approver counts
@@ -180,6 +188,17 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class UnmaskGrant:
+    """``unmask:`` entry: identities matching ``when`` read ``classifications`` raw, for ``reason``."""
+
+    id: str
+    classifications: frozenset[str]
+    when: Conditions  # only groups and claims are used
+    reason: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated policy file."""
 
@@ -193,6 +212,7 @@ class Policy:
     columns: tuple[tuple[Glob, str], ...]  # (glob on DB.SCHEMA.TABLE.COLUMN, classification)
     tables: tuple[tuple[Glob, frozenset[str]], ...]  # (glob on DB.SCHEMA.TABLE, tags)
     rules: tuple[Rule, ...]
+    unmask: tuple[UnmaskGrant, ...] = ()
 
 
 @dataclass(frozen=True)

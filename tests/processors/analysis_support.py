@@ -60,25 +60,66 @@ def _sql(node: object) -> str:
 
 
 def mask_kind_of(expr: object) -> str | None:
-    """Which mask (if any) an output expression is wrapped in, by the shape masking.py emits."""
+    """Which mask (if any) an expression is, by the shapes masking.py emits (read or output)."""
     from sqlglot import exp
 
     if isinstance(expr, exp.Alias):
         expr = expr.this
+    if isinstance(expr, exp.Literal) and expr.this == "***MASKED***":
+        return "redact"
     if isinstance(expr, exp.If) and _sql(expr.args["true"]) == _sql(expr.args["false"]) == "'***MASKED***'":
         return "redact"
-    if isinstance(expr, exp.Cast) and isinstance(expr.this, exp.If):
-        if _sql(expr.this.args["true"]) == _sql(expr.this.args["false"]) == "NULL":
+    if isinstance(expr, exp.Cast) and _sql(expr.this) == "NULL":
+        return "nullify"
+    if isinstance(expr, exp.If) and isinstance(expr.args["true"], exp.Cast):
+        if _sql(expr.args["true"]) == _sql(expr.args["false"]) and _sql(expr.args["true"].this) == "NULL":
             return "nullify"
     if isinstance(expr, exp.SHA2) and _sql(expr.this).startswith(("TO_VARCHAR(", "TO_CHAR(")):
         return "hash"
+    if isinstance(expr, exp.If) and _sql(expr.args["true"]) == "NULL":
+        expr = expr.args["false"]  # email: NULL stays NULL
     if isinstance(expr, exp.DPipe) and isinstance(expr.this, exp.Literal):
         right = _sql(expr.expression)
-        if expr.this.this == "****@" and right.startswith(("SPLIT_PART(TO_VARCHAR(", "SPLIT_PART(TO_CHAR(")):
+        if expr.this.this == "****@" and (
+            "SPLIT_PART(TO_VARCHAR(" in right or "SPLIT_PART(TO_CHAR(" in right
+        ):
             return "email"
         if expr.this.this == "***-**-" and right.startswith(("RIGHT(TO_VARCHAR(", "RIGHT(TO_CHAR(")):
             return "last4"
     return None
+
+
+def assert_reads_masked(
+    rewritten: str, catalog: Catalog, classifier: GlobClassifier, masks: dict[str, str]
+) -> None:
+    """The read-masking property, structurally: every table holding classified columns appears
+    only as the single FROM of a derived table that returns each classified column through its
+    mask (and nothing else happens in that derived table)."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(rewritten, dialect="snowflake")
+    for table in tree.find_all(exp.Table):
+        parts = [table.args.get("catalog"), table.args.get("db"), table.this]
+        if not all(isinstance(p, exp.Identifier) for p in parts):
+            continue
+        fq = ".".join(p.name.upper() for p in parts)  # type: ignore[union-attr]
+        info = catalog.table(fq)
+        if info is None:
+            continue
+        classified = {c.name: classifier.column_classification(f"{fq}.{c.name}") for c in info.columns}
+        classified = {k: v for k, v in classified.items() if v}
+        if not classified:
+            continue
+        select = table.parent.parent if isinstance(table.parent, exp.From) else None
+        assert isinstance(select, exp.Select), (fq, "is read outside a masking derived table", rewritten)
+        assert isinstance(select.parent, exp.Subquery), (fq, "derived table is not a subquery", rewritten)
+        for arg in ("joins", "where", "group", "having", "laterals", "qualify", "match", "connect"):
+            assert not select.args.get(arg), (fq, arg, "inside the masking derived table", rewritten)
+        projected = {p.alias_or_name.upper(): p for p in select.expressions}
+        for name, cls_ in classified.items():
+            assert name in projected, (fq, name, rewritten)
+            assert mask_kind_of(projected[name]) == masks.get(cls_, "redact"), (fq, name, rewritten)
 
 
 def outermost_projections(tree: object) -> list[list[object]]:

@@ -6,7 +6,7 @@ import pytest
 from analysis_support import CATALOG, MASKS, GlobClassifier
 
 from processors.analysis import analyse, fingerprint
-from processors.masking import MaskingError, plan_masking
+from processors.masking import MaskingError, plan_masking, plan_read_masking
 
 CLASSIFIER = GlobClassifier()
 
@@ -51,9 +51,12 @@ def test_result_shape() -> None:
     assert a.predicate_columns == ("ANALYTICS.PUBLIC.CUSTOMERS.EMAIL",)
     assert a.fingerprint == fingerprint(a.sql) and len(a.fingerprint) == 64
     assert [f.code for f in a.findings] == ["sensitive_predicate"]
-    # nothing is returned by an INSERT: no output columns, nothing to mask, SQL unchanged
+    # nothing is returned by an INSERT, but what it copies is read masked, as a query would be
     assert a.output_columns == ()
-    assert plan_masking(a, MASKS, CLASSIFIER) == (a.sql, ())
+    plan = plan_read_masking(a, MASKS, CLASSIFIER)
+    assert plan.columns == ()
+    assert "ANALYTICS.PUBLIC.CUSTOMERS.EMAIL" in {r.column for r in plan.reads}
+    assert "INSERT INTO ANALYTICS.PUBLIC.COUNTRIES" in plan.sql and "SPLIT_PART" in plan.sql
 
 
 def test_multi_statement_keeps_every_part_but_cannot_be_masked() -> None:
@@ -73,9 +76,16 @@ def test_statements_with_invisible_results_cannot_be_masked(sql: str) -> None:
 
 
 def test_unmasked_select_runs_exactly_as_written() -> None:
-    sql = "select id, city from customers where id = 1 /* keep me */"
+    sql = "select order_id, amount from orders where order_id = 1 /* keep me */"
     a = run(sql)
     assert plan_masking(a, MASKS, CLASSIFIER) == (sql, ())
+
+
+def test_unclassified_columns_of_a_classified_table_are_still_read_through_the_mask() -> None:
+    # the mask is at the table: what the analyser did not see referenced is masked all the same
+    plan = plan_read_masking(run("select id, city from customers where id = 1"), MASKS, CLASSIFIER)
+    assert plan.columns == () and plan.sql.count("FROM ANALYTICS.PUBLIC.CUSTOMERS") == 1
+    assert {r.column.rsplit(".", 1)[1] for r in plan.reads} >= {"EMAIL", "SSN", "PHONE", "CARD_NUMBER"}
 
 
 def test_analysis_is_deterministic() -> None:

@@ -16,7 +16,7 @@ POLICY = ROOT / "infra" / "policies" / "example.yaml"
 CATALOG = ROOT / "infra" / "catalog" / "demo.yaml"
 KEYS = [
     "decision", "rules", "reasons", "statement", "tables", "findings", "masked_columns",
-    "rewritten_sql", "estimated_bytes", "policy_sha256",
+    "rewritten_sql", "estimated_bytes", "policy_sha256", "masked_reads", "unmasked_columns",
 ]  # fmt: skip
 
 

@@ -22,7 +22,7 @@ NIGHT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 CI = IdentityClaims.from_claims({"sub": "ci-bot", "groups": ["ci"], "repository": "acme/etl"})
 CONTRACT_KEYS = [
     "decision", "rules", "reasons", "statement", "tables", "findings", "masked_columns",
-    "rewritten_sql", "estimated_bytes", "policy_sha256",
+    "rewritten_sql", "estimated_bytes", "policy_sha256", "masked_reads", "unmasked_columns",
 ]  # fmt: skip
 
 HEAD = """\
@@ -163,7 +163,7 @@ def test_masking_failure_denies(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_: object) -> None:
         raise RuntimeError("cannot rewrite")
 
-    monkeypatch.setattr(decide_mod, "plan_masking", broken)
+    monkeypatch.setattr(decide_mod, "plan_read_masking", broken)
     d = evaluate("SELECT email FROM analytics.public.customers WHERE id = 1", CI, CATALOG, EXAMPLE, NOON)
     assert d.decision == "deny" and d.rewritten_sql is None
     assert any("masking could not be planned" in r for r in d.reasons)

