@@ -88,6 +88,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # a lambda here; each takes the stack's Settings.
 PREPARE: list[Callable[[Settings], None]] = []
 
+
+def _dev_keys(settings: Settings) -> None:
+    """Every service's key before any service starts (docs/security.md): none races to make one."""
+    from ingress.sealing import ensure_keys
+    from querytrail.keys import ensure_service_keys
+
+    ensure_keys(settings)
+    ensure_service_keys(settings)
+
+
+PREPARE.append(_dev_keys)
+
 # Started in this order after Kafka (+ topics) and fakesnow (+ seed); one line per service.
 SERVICES: list[Service] = [
     Service("worker", lambda s: cli("worker")),  # pipeline helper: the faust processors

@@ -149,18 +149,21 @@ def build_query(
         raise ApiError(422, "invalid_request", "'max_rows' must be a positive integer")
     session_id = _str(body, "session_id", required=False)
     verified = identity.to_verified()
+    now = utcnow()
     signature = sign_attestation(
         signing_key,
         request_id=request_id,
         token_sha256=identity.token_sha256,
         claims_json=verified.claims_json,
         sql=sql,
+        issued_at=now,
+        ttl_s=settings.signing.attestation_ttl_s,
     )
     return QueryRequested(
         event_id=new_event_id(),
         request_id=request_id,
         session_id=session_id,
-        occurred_at=utcnow(),
+        occurred_at=now,
         producer=producer("ingress"),
         prompt=prompt,
         model=model,

@@ -35,6 +35,7 @@ from ingress.identity import Identity, IdentityError, TokenVerifier
 from ingress.indexer import OutcomeIndexer
 from ingress.outcomes import OutcomeIndex
 from ingress.sealing import key_id, load_attestation_private_key, token_sha256
+from querytrail.keys import event_signer
 from querytrail.settings import Settings
 
 __all__ = ["create_app"]
@@ -71,6 +72,7 @@ class _Ingress:
         self.codec = EventCodec(settings.kafka.schema_registry_url)
         self.signing_key = load_attestation_private_key(settings)
         self.key_id = key_id(self.signing_key.public_key())
+        self.event_signer = event_signer(settings, "ingress")  # signs every record it publishes
         prefix = settings.kafka.topic_prefix
         self.topics = {s: f"{prefix}.{s}" for s in ("requests", "results", "actions", "decisions")}
         self.index = OutcomeIndex(settings.ingress.index_max_requests)
@@ -98,13 +100,15 @@ class _Ingress:
         from schemas.codec import key_for
 
         value = self.codec.encode(event)
+        name = self.topics[topic]
         try:
             produce_sync(
                 self.producer,
-                self.topics[topic],
+                name,
                 value,
                 key=key_for(event),
                 timeout=self.settings.ingress.publish_timeout_s + 2.0,
+                headers=self.event_signer.headers(name, value) if self.event_signer else None,
             )
         except (KafkaUnavailableError, KafkaException, BufferError) as exc:
             log.error(

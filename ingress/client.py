@@ -20,6 +20,7 @@ import httpx
 from ingress.indexer import assign_from
 from ingress.outcomes import RequestOutcome
 from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
+from querytrail.keys import SignatureError, event_verifier
 from querytrail.settings import Settings
 
 __all__ = [
@@ -97,11 +98,12 @@ def fetch_github_actions_token(
 class Submission:
     """A submitted request and the consumer positioned to see its outcome."""
 
-    def __init__(self, request_id: str, consumer: Any, codec: Any) -> None:
+    def __init__(self, request_id: str, consumer: Any, codec: Any, records: Any = None) -> None:
         self.request_id = request_id
         self.outcome = RequestOutcome(request_id)
         self._consumer = consumer
         self._codec = codec
+        self._records = records  # an EventVerifier: only what the services signed is an outcome
 
     def wait(
         self, timeout_s: float, on_update: Callable[[RequestOutcome], None] | None = None
@@ -124,6 +126,14 @@ class Submission:
                 continue
             if event.request_id != self.request_id:
                 continue
+            if self._records is not None:
+                try:
+                    self._records.verify(msg.topic() or "", msg.value() or b"", msg.headers())
+                except SignatureError as exc:
+                    log.warning(
+                        "refusing record on %s: %s", msg.topic(), exc, extra={"request_id": self.request_id}
+                    )
+                    continue
             before = self.outcome.status
             self.outcome.apply(event)
             if on_update is not None and self.outcome.status != before:
@@ -207,4 +217,4 @@ class QueryClient:
             consumer.close()
             raise
         log.info("submitted request to %s", self.requests_topic, extra={"request_id": request_id})
-        return Submission(request_id, consumer, self.codec)
+        return Submission(request_id, consumer, self.codec, event_verifier(self.settings))

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ingress.identity import Identity, IdentityError, TokenVerifier, map_claims
 from ingress.sealing import (
+    AttestationExpired,
     SealingError,
     key_id,
     load_attestation_public_key,
@@ -89,21 +90,35 @@ class CredentialVerifier:
         return cls(verifier or TokenVerifier.from_settings(settings), sealing_key=sealing, ingress_keys=keys)
 
     def verify(
-        self, credential: Any, *, request_id: str, sql: str | None = None, sql_sha256: str | None = None
+        self,
+        credential: Any,
+        *,
+        request_id: str,
+        sql: str | None = None,
+        sql_sha256: str | None = None,
+        binding: bytes | None = None,
     ) -> Identity:
-        """The verified caller behind ``credential`` for this request and statement."""
+        """The verified caller behind ``credential`` for this request and statement.
+
+        ``binding``: what a sealed token must be bound to besides the request (a verdict's
+        ``sealing.verdict_binding``); a token sealed for other fields does not open.
+        """
         sealed, attested = credential.sealed_token, credential.attested
         if (sealed is None) == (attested is None):
             raise IdentityError("malformed", "a credential carries exactly one of sealed_token or attested")
         if sealed is not None:
-            return self._verify_sealed(sealed, credential.token_sha256, request_id)
+            return self._verify_sealed(sealed, credential.token_sha256, request_id, binding)
+        if binding is not None:  # no attested verdicts: an approver proves itself with its own token
+            raise IdentityError("malformed", "a verdict's credential must be the approver's sealed token")
         return self._verify_attested(credential, request_id, sql, sql_sha256)
 
-    def _verify_sealed(self, sealed: bytes, claimed_sha: str, request_id: str) -> Identity:
+    def _verify_sealed(
+        self, sealed: bytes, claimed_sha: str, request_id: str, binding: bytes | None = None
+    ) -> Identity:
         if self._sealing_key is None:
             raise IdentityError("bad_seal", "this worker holds no token sealing key")
         try:
-            token = unseal_token(sealed, self._sealing_key, request_id)
+            token = unseal_token(sealed, self._sealing_key, request_id, binding)
         except SealingError as exc:
             raise IdentityError("bad_seal", str(exc)) from None
         if token_sha256(token) != claimed_sha:
@@ -129,6 +144,8 @@ class CredentialVerifier:
                 sql=sql,
                 sql_sha256=sql_sha256,
             )
+        except AttestationExpired as exc:
+            raise IdentityError("attestation_expired", str(exc)) from None
         except SealingError as exc:
             raise IdentityError("bad_attestation", str(exc)) from None
         # The signature covers claims_json only, so the structured fields are re-derived from

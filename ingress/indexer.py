@@ -2,8 +2,9 @@
 
 It uses its own consumer group and no commits: on start it seeks every partition to the
 offsets of ``lookback_s`` ago, so a restarted ingress still answers for recent requests.
-Undecodable records are logged and skipped: the processors and the sink own dead-lettering
-for these topics, and a reader must not write duplicates there.
+Undecodable records, and records no key trusted for their topic signed (querytrail.keys), are
+logged and skipped: the processors and the sink own dead-lettering for these topics, and a
+reader must not write duplicates there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ingress.outcomes import OutcomeIndex
+from querytrail.keys import SignatureError, event_verifier
 from querytrail.settings import Settings
 
 __all__ = ["OutcomeIndexer", "assign_from"]
@@ -57,6 +59,9 @@ class OutcomeIndexer(threading.Thread):
         self.assigned = threading.Event()  # set once it reads; readiness and tests wait on it
         prefix = settings.kafka.topic_prefix
         self._topics = [f"{prefix}.decisions", f"{prefix}.results"]
+        self._records = event_verifier(
+            settings, service=True
+        )  # only what the services signed changes an outcome
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -99,6 +104,18 @@ class OutcomeIndexer(threading.Thread):
                 msg.partition(),
                 msg.offset(),
                 exc_info=True,
+            )
+            return
+        try:
+            self._records.verify(msg.topic() or "", msg.value() or b"", msg.headers())
+        except SignatureError as exc:  # the sink dead-letters it: these topics are its to report
+            log.warning(
+                "refusing record %s[%d]@%d: %s",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                exc,
+                extra={"request_id": getattr(event, "request_id", None)},
             )
             return
         self._index.apply(event)

@@ -33,6 +33,7 @@ from typing import Any
 import faust
 from confluent_kafka import KafkaException
 
+from ingress.sealing import verdict_binding
 from processors import approvals
 from processors.approvals import ApprovalState
 from processors.decide import DecisionCache
@@ -232,7 +233,11 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         if state is not None and verdict.event_id in state.judged:
             log.info("duplicate verdict ignored", extra={"request_id": rid})
             return
-        who = await check(rid, verdict.credential, sql_sha256=verdict.statement_sha256)
+        # the approver's sealed token opens only for exactly this verdict (ingress.sealing)
+        binding = verdict_binding(
+            rid, verdict.verdict, verdict.statement_sha256, verdict.comment, verdict.event_id
+        )
+        who = await check(rid, verdict.credential, sql_sha256=verdict.statement_sha256, binding=binding)
         approver = who if isinstance(who, VerifiedIdentity) else None
         error = who.code if isinstance(who, CredentialError) else None
         outputs = approvals.decide(

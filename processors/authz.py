@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from querytrail.keys import KeyFileError, ensure_keypair, key_id, load_private, load_public, public_pem
 from schemas.events import (
     ExecutionAuthorized,
     MaskedColumn,
@@ -93,8 +92,7 @@ def canonical_bytes(auth: Any) -> bytes:
 
 def key_id_for(public_key: Ed25519PublicKey) -> str:
     """A short stable id: the first 16 hex digits of SHA-256 over the raw public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return key_id(public_key)
 
 
 @dataclass(frozen=True)
@@ -109,15 +107,13 @@ class Signer:
 
     @classmethod
     def from_pem(cls, path: Path) -> Signer:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key")
-        return cls(key)
+        try:
+            return cls(load_private(path, Ed25519PrivateKey))
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
 
     def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return public_pem(self.private_key)
 
     def sign(self, auth: Any) -> Any:
         """Return ``auth`` with key_id and signature set (a new frozen event)."""
@@ -136,10 +132,10 @@ class Verifier:
     def from_pem_files(cls, paths: list[Path], *, max_age_s: float = 900.0) -> Verifier:
         keys: list[Ed25519PublicKey] = []
         for path in paths:
-            key = serialization.load_pem_public_key(path.read_bytes())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"{path}: not an Ed25519 public key")
-            keys.append(key)
+            try:
+                keys.append(load_public(path, Ed25519PublicKey))
+            except KeyFileError as exc:
+                raise ValueError(str(exc)) from None
         return cls(keys, max_age_s=max_age_s)
 
     def verify(self, auth: Any, now: datetime) -> None:
@@ -164,17 +160,8 @@ def load_or_create_signing_key(private_path: Path, public_path: Path | None = No
 
     Only the local stack relies on creation; production provisions the key out of band.
     """
-    if private_path.exists():
-        signer = Signer.from_pem(private_path)
-    else:
-        private_path.parent.mkdir(parents=True, exist_ok=True)
-        signer = Signer(Ed25519PrivateKey.generate())
-        pem = signer.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
+    ensure_keypair(private_path)
+    signer = Signer.from_pem(private_path)
     if public_path is not None and not public_path.exists():
         public_path.parent.mkdir(parents=True, exist_ok=True)
         public_path.write_bytes(signer.public_pem())

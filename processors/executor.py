@@ -371,11 +371,20 @@ class Executor:
             self.ledger.mark_reported(row.request_id, row.outcome or event.outcome)
         return len(rows)
 
-    def handle(self, auth: ExecutionAuthorized) -> str:
-        """Process one authorisation; returns what happened (for logs and tests)."""
+    def handle(self, auth: ExecutionAuthorized, record_error: str | None = None) -> str:
+        """Process one authorisation; returns what happened (for logs and tests).
+
+        ``record_error``: the record carrying it was not signed by a trusted key (its reason,
+        querytrail.keys); such an authorisation never runs, and its refusal is recorded.
+        """
         rid = auth.request_id
         try:
             self.verifier.verify(auth, utcnow())
+            if record_error is not None:
+                if self.ledger.get(rid) is not None:
+                    log.info("authorisation already used; not running again", extra={"request_id": rid})
+                    return "duplicate"
+                raise AuthzError(record_error, "the record is not signed by a key trusted for executions")
         except AuthzError as exc:
             if self.ledger.refuse(auth.event_id, rid, exc.code):
                 log.warning("authorisation refused: %s", exc.code, extra={"request_id": rid})

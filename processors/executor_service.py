@@ -22,6 +22,7 @@ from infra.clients import make_consumer
 from processors.authz import Verifier
 from processors.executor import Executor
 from processors.ledger import Ledger
+from querytrail.keys import EventVerifier, SignatureError, event_verifier
 from querytrail.settings import Settings
 from schemas.codec import DecodeError
 from schemas.events import ExecutionAuthorized, ExecutionStarted
@@ -92,6 +93,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     ledger = Ledger(settings.home / "executor" / "ledger.db")
     codec = EventCodec(settings.kafka.schema_registry_url)
     publisher = Publisher(settings, "executor", codec)
+    records = event_verifier(settings, service=True)  # who may sign a record on the executions topic
     executor = Executor(settings, verifier, ledger, publisher)
     recovered = executor.recover()
     if recovered:
@@ -123,7 +125,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                 committer.collect()
             msg = consumer.poll(0.05)
             if msg is not None and msg.error() is None:
-                _dispatch(msg, topic, codec, publisher, executor, pool, commits)
+                _dispatch(msg, topic, codec, publisher, executor, pool, commits, records)
             # after the dispatch, never before: a commit is a broker round trip
             committer.commit(consumer)
         pool.shutdown(wait=True)
@@ -144,8 +146,13 @@ def _dispatch(
     executor: Executor,
     pool: ThreadPoolExecutor,
     commits: InOrderCommits,
+    records: EventVerifier | None = None,
 ) -> None:
-    """Hand one record to the pool (an authorisation) or settle it here (anything else)."""
+    """Hand one record to the pool (an authorisation) or settle it here (anything else).
+
+    A record no trusted key signed (querytrail.keys) is dead-lettered; when it is an
+    authorisation, the executor still records its refusal and never runs it.
+    """
     where = (msg.topic() or topic, msg.partition() or 0, msg.offset() or 0)
     try:
         event = codec.decode(msg.value() or b"")
@@ -153,11 +160,23 @@ def _dispatch(
         publisher.dead_letter(msg, "undecodable", str(exc))
         commits.add(*where, _done())
         return
+    if not isinstance(event, ExecutionAuthorized | ExecutionStarted):  # our own events share the topic
+        publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
+        commits.add(*where, _done())
+        return
+    if records is not None:
+        try:
+            records.verify(where[0], msg.value() or b"", msg.headers())
+        except SignatureError as exc:
+            publisher.dead_letter(msg, exc.reason, exc.message)
+            if isinstance(event, ExecutionAuthorized):
+                commits.add(*where, pool.submit(executor.handle, event, exc.reason))
+            else:
+                commits.add(*where, _done())
+            return
     if isinstance(event, ExecutionAuthorized):
         commits.add(*where, pool.submit(executor.handle, event))
         return
-    if not isinstance(event, ExecutionStarted):  # our own events share the topic
-        publisher.dead_letter(msg, "unexpected_event", f"{event.event_type} on {topic}")
     commits.add(*where, _done())
 
 

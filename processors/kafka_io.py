@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from infra.clients import QtConsumer, QtProducer, make_consumer, make_producer
+from querytrail.keys import EventSigner, event_signer
 from querytrail.observability import observe_published
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
@@ -48,9 +49,17 @@ class PublishError(RuntimeError):
 class Publisher:
     """Encodes events with the codec and produces them keyed by request id to their topic."""
 
-    def __init__(self, settings: Settings, component: str, codec: EventCodec | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        component: str,
+        codec: EventCodec | None = None,
+        signer: EventSigner | None = None,
+    ) -> None:
         self.settings = settings
         self.component = component
+        # a service signs every record it publishes (querytrail.keys); other callers do not
+        self.signer = signer if signer is not None else event_signer(settings, component)
         self.topics = topic_names(settings.kafka.topic_prefix)
         self.codec = codec or EventCodec(settings.kafka.schema_registry_url)
         # Each publish waits for its acknowledgement, so batching delay is pure latency here.
@@ -85,8 +94,10 @@ class Publisher:
             return
         with lock:
             pending[0] = len(batch)
+        signer = self.signer
         for topic, value, key in batch:
-            self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            headers = signer.headers(topic, value) if signer is not None else None
+            self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
             self.producer.poll(0)
         deadline = time.monotonic() + timeout
         while not all_acked.is_set():

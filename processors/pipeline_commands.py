@@ -103,16 +103,25 @@ def _states(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(approval states, ApprovalRequested events) folded from the decisions topic."""
     from processors.approvals import evolve
     from processors.kafka_io import read_topic
+    from querytrail.keys import SignatureError, event_verifier
     from schemas.codec import DecodeError, EventCodec
     from schemas.events import ApprovalRequested
 
     codec = EventCodec(settings.kafka.schema_registry_url)
+    records = event_verifier(settings)  # an approver is shown only what the worker signed
     states: dict[str, Any] = {}
     asked: dict[str, Any] = {}
     for msg in read_topic(settings, "decisions"):
         try:
             event = codec.decode(msg.value() or b"")
+            records.verify(msg.topic() or "", msg.value() or b"", msg.headers())
         except DecodeError:
+            continue
+        except SignatureError as exc:
+            print(
+                f"querytrail: ignoring a decisions record the worker did not sign ({exc.reason})",
+                file=sys.stderr,
+            )
             continue
         if isinstance(event, ApprovalRequested):
             asked[event.request_id] = event
@@ -159,12 +168,22 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from processors.authz import statement_sha256
+
     states, asked = _states(_settings())
     event = asked.get(args.request_id)
     if event is None:
         print(f"querytrail approvals: no approval for {safe(args.request_id)}", file=sys.stderr)
         return 1
     state = states[args.request_id]
+    if statement_sha256(event.statement) != event.statement_sha256:
+        # the hash is what an approval releases: never show one statement and release another
+        print(
+            f"querytrail approvals: the statement of {safe(args.request_id)} does not match its "
+            "sha256; refusing to show it (the approval request is not genuine)",
+            file=sys.stderr,
+        )
+        return 4
     req = event.requester
     if args.json:
         from schemas.codec import to_json_dict
@@ -194,6 +213,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verdict(args: argparse.Namespace) -> int:
+    from processors.authz import statement_sha256
     from processors.verdicts import send_verdict
     from schemas.codec import EventCodec
 
@@ -213,6 +233,9 @@ def _verdict(args: argparse.Namespace) -> int:
     if event is None:
         print(f"querytrail: no approval for {safe(args.request_id)}", file=sys.stderr)
         return 1
+    if statement_sha256(event.statement) != event.statement_sha256:
+        print("querytrail: the pending statement does not match its sha256; not sending", file=sys.stderr)
+        return 4
     if args.statement_sha256 and args.statement_sha256 != event.statement_sha256:
         print("querytrail: the pending statement is not the one you reviewed (hash differs)", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from processors.catalog import Catalog, ColumnInfo, TableInfo
 from processors.kafka_io import Publisher, read_topic
 from processors.policy import Policy, PolicyError, load_policy
 from processors.worker import CredentialChecker, WorkerConfig
+from querytrail.keys import SignatureError, event_verifier
 from querytrail.settings import Settings
 from schemas.codec import DecodeError, EventCodec
 from schemas.events import CatalogTable
@@ -65,6 +66,8 @@ class WorkerRuntime:
         self._catalog_loaded_at = 0.0
         self.checker: Any = None
         self.config: Any = None
+        self.records = event_verifier(settings, service=True)  # who may sign the records the worker reads
+        self._refused: set[tuple[str, int, int]] = set()
 
     @property
     def publisher(self) -> Publisher:
@@ -124,6 +127,12 @@ class WorkerRuntime:
             raise RuntimeError(f"no valid policy at {self.policy_path}")
         self.maybe_reload_catalog()
 
+    def _refused_catalog(self, msg: Any, exc: SignatureError) -> None:
+        where = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        if where not in self._refused:  # the topic is re-read every reload: log each record once
+            self._refused.add(where)
+            log.warning("catalog record %s[%d]@%d refused: %s", *where, exc)
+
     def maybe_reload_policy(self) -> bool:
         """Reload when the file's bytes changed. True when a valid policy is in force."""
         try:
@@ -160,11 +169,18 @@ class WorkerRuntime:
                 catalog = Catalog.load(s.catalog_path)
             else:
                 events: list[CatalogTable] = []
+                records = self.records
                 for msg in read_topic(s, "catalog"):
                     try:
                         event = self.codec.decode(msg.value() or b"")
+                        records.verify(msg.topic() or "", msg.value() or b"", msg.headers())
                     except DecodeError:
-                        continue  # the executor's own topic; a bad record is its dead letter
+                        continue  # the executor's own topic; a bad record is the sink's dead letter
+                    except SignatureError as exc:
+                        # a catalog entry the executor did not sign would switch masking off:
+                        # refused here, dead-lettered by the sink (the topic's only other reader)
+                        self._refused_catalog(msg, exc)
+                        continue
                     if isinstance(event, CatalogTable):
                         events.append(event)
                 catalog = catalog_from_events(events)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import TopicPartition
 
 from infra.clients import make_consumer
-from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
+from ingress.sealing import load_sealing_public_key, seal_token, token_sha256, verdict_binding
 from processors.kafka_io import Publisher
 from schemas.codec import DecodeError, EventCodec
 from schemas.events import (
@@ -45,8 +45,10 @@ def send_verdict(
 ) -> tuple[ApprovalVerdict, ApprovalVerdictRecorded | None]:
     """Publish an ApprovalVerdict for the statement the approver was shown; the worker's
     judgement of it, or None when none arrives within ``wait_s``."""
+    event_id = new_event_id()
+    binding = verdict_binding(request_id, verdict, statement_sha256, comment, event_id)
     event = ApprovalVerdict(
-        event_id=new_event_id(),
+        event_id=event_id,
         request_id=request_id,
         session_id=session_id,
         occurred_at=utcnow(),
@@ -54,7 +56,7 @@ def send_verdict(
         verdict=verdict,
         statement_sha256=statement_sha256,
         credential=Credential(
-            sealed_token=seal_token(token, load_sealing_public_key(settings), request_id),
+            sealed_token=seal_token(token, load_sealing_public_key(settings), request_id, binding),
             token_sha256=token_sha256(token),
         ),
         comment=comment,

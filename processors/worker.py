@@ -32,6 +32,7 @@ from schemas.events import (
     PolicyDecided,
     QueryRejected,
     QueryRequested,
+    UnmaskedColumn,
     VerifiedIdentity,
     new_event_id,
     producer,
@@ -121,6 +122,13 @@ def _masked(decision: Decision) -> tuple[MaskedColumn, ...]:
     )
 
 
+def _unmasked(decision: Decision) -> tuple[UnmaskedColumn, ...]:
+    return tuple(
+        UnmaskedColumn(column=u.column, classification=u.classification, rule=u.grant, reason=u.reason)
+        for u in decision.released
+    )
+
+
 def _max_rows(policy_cap: int, requested: int | None) -> int:
     cap = policy_cap if policy_cap > 0 else 10_000
     return min(cap, requested) if requested and requested > 0 else cap
@@ -169,6 +177,7 @@ def decide_request(
         sql_text=request.sql,
         classifications_touched=decision.classifications_touched,
         tags=decision.tags,
+        unmasked_columns=_unmasked(decision),
     )
     max_rows = _max_rows(decision.max_result_rows, request.max_rows)
     if outcome == "deny":
@@ -197,6 +206,7 @@ def decide_request(
             sql_text=request.sql,
             findings=decided.findings,
             masked_columns=masked,
+            unmasked_columns=decided.unmasked_columns,
         )
         return [decided, asked]
     authorized = make_authorization(

@@ -32,6 +32,7 @@ __all__ = [
     "LimitSettings",
     "LocalStackSettings",
     "Settings",
+    "SigningSettings",
     "SnowflakeProfile",
     "WorkerSettings",
     "get_settings",
@@ -182,6 +183,17 @@ class WorkerSettings(_Frozen):
     commit_interval_s: float = 1.0  # ... or this often; redelivered requests are deduplicated
 
 
+class SigningSettings(_Frozen):
+    """Event signatures (docs/security.md): who signs, which public keys each topic trusts."""
+
+    enabled: bool = True  # producers sign and consumers refuse unsigned records on signed topics
+    keys: dict[str, Path] = Field(default_factory=dict)  # service -> private key (default: home/keys)
+    # topic suffix -> public keys trusted for it (rotation: list the new and the old key);
+    # default: the public halves of the keys of the services that produce the topic
+    trusted: dict[str, list[Path]] = Field(default_factory=dict)
+    attestation_ttl_s: float = 900.0  # an ingress attestation is valid this long after issue
+
+
 class LocalStackSettings(_Frozen):
     kafka_version: str = "4.4.0"  # keep equal to infra/kafka.py KAFKA_VERSION (why: see there)
     kafka_port: int = 9092
@@ -219,6 +231,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     policy_path: Path | None = None  # default: infra/policies/example.yaml
     catalog_path: Path | None = None  # optional static catalog file (else the catalog topic)
     authz_signing_key_path: Path | None = None  # Ed25519, read only by the worker

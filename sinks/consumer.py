@@ -182,16 +182,16 @@ class SinkRunner:
                     log.warning("consumer error: %s", err)
                 continue
             ts_type, ts = msg.timestamp()
-            self.sink.add(
-                Record(
-                    str(msg.topic()),
-                    int(msg.partition() or 0),
-                    int(msg.offset() or 0),
-                    msg.key(),
-                    msg.value() or b"",
-                    ts if ts_type else None,
-                )
+            record = Record(
+                str(msg.topic()),
+                int(msg.partition() or 0),
+                int(msg.offset() or 0),
+                msg.key(),
+                msg.value() or b"",
+                ts if ts_type else None,
             )
+            self.dead.check_signature(record, msg.headers())
+            self.sink.add(record)
 
     def run(self) -> None:
         cfg = self.settings.iceberg

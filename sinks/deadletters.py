@@ -16,6 +16,11 @@ and the sink loop only polls, so a broker outage never stalls the audit log. A c
 tombstone (empty value on the compacted topic) is not bad input and is not dead-lettered; an
 empty value anywhere else is, as the worker treats one on ``requests``.
 
+Records of these topics that no key trusted for the topic signed (docs/security.md) are
+dead-lettered the same way, with the reason ``unsigned``, ``unknown_key`` or ``bad_signature``;
+the other readers of these topics (the ingress, the CI client, the approvals CLI, the worker's
+catalog reader) refuse them without writing a second DeadLetter.
+
 The DeadLetter is built from the stored row, so nothing is decoded twice: its ``value`` is the
 record's bytes (the ``avro`` column), intact; its ``key`` is the row's ``request_id``, which is
 the record key read as UTF-8 for an undecodable record, and the event's request id for a
@@ -35,6 +40,7 @@ from confluent_kafka import KafkaError, Message
 
 from infra.clients import make_producer
 from processors.kafka_io import PRODUCER_MAX_BYTES, dead_letter_event
+from querytrail.keys import SignatureError, event_verifier
 from querytrail.observability import DEAD_LETTERS
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
@@ -65,6 +71,8 @@ class SinkDeadLetters:
         self._deadletter_topic = names["deadletter"]
         # an empty value on the compacted topic deletes a key: not bad input
         self._compacted = pa.array([names["catalog"]], pa.large_string())
+        self._catalog_topic = names["catalog"]
+        self._records = event_verifier(settings, service=True)  # who may sign each topic
         self.pending: dict[tuple[str, int], dict[int, tuple[Record, str, str]]] = {}
         self._producer: Any = None
 
@@ -96,6 +104,23 @@ class SinkDeadLetters:
                 self._hold(record, "undecodable", error)
             else:
                 self._hold(record, "unexpected_event", f"{row['event_type']} on {row['topic']}")
+
+    def check_signature(self, record: Record, headers: Any) -> None:
+        """Hold a record of a sink-only topic that no key trusted for its topic signed.
+
+        Its row is stored like any other (the audit log keeps the forgery); the DeadLetter
+        names why (``unsigned``, ``unknown_key``, ``bad_signature``: querytrail.keys). An
+        undecodable or misplaced record is held again by ``scan`` with that reason instead,
+        and an empty value on the compacted topic is a tombstone, not an event.
+        """
+        if record.topic not in self._expected or not self._records.covers(record.topic):
+            return
+        if not record.value and record.topic == self._catalog_topic:
+            return
+        try:
+            self._records.verify(record.topic, record.value, headers)
+        except SignatureError as exc:
+            self._hold(record, exc.reason, exc.message)
 
     def _hold(self, record: Record, reason: str, error: str) -> None:
         # keyed by offset: a batch handed over twice (a retried flush) is held once

@@ -66,14 +66,22 @@ def topic_bytes(settings: Settings, suffix: str, settle: float = 2.0) -> list[by
     return [v for _, v in read_topic(settings, suffix, 10_000, timeout=settle)]
 
 
-def publish(settings: Settings, suffix: str, *events: Any) -> None:
+# the service that produces each topic in a running stack, whose key signs what the tests publish
+_PRODUCER = {"decisions": "worker", "results": "executor", "executions": "worker", "catalog": "executor"}
+
+
+def publish(settings: Settings, suffix: str, *events: Any, signed: bool = True) -> None:
+    """Produce ``events`` as the topic's own service would: signed with its key (querytrail.keys)."""
     from infra.producer import make_producer, produce_sync
+    from querytrail.keys import event_signer
     from schemas.codec import EventCodec, key_for
 
     codec = EventCodec()
     producer = make_producer(settings.kafka)
+    topic = f"{settings.kafka.topic_prefix}.{suffix}"
+    signer = event_signer(settings, _PRODUCER.get(suffix, "ingress")) if signed else None
     for event in events:
-        produce_sync(
-            producer, f"{settings.kafka.topic_prefix}.{suffix}", codec.encode(event), key=key_for(event)
-        )
+        value = codec.encode(event)
+        headers = signer.headers(topic, value) if signer is not None else None
+        produce_sync(producer, topic, value, key=key_for(event), headers=headers)
     producer.flush(5)

@@ -91,10 +91,12 @@ class Pipeline:
         from ingress import sealing
         from ingress.devissuer import jwks_document
         from processors.authz import load_or_create_signing_key
+        from querytrail.keys import ensure_service_keys
 
         sealing.ensure_keys(self.settings)
         path = self.settings.key_path("authz_signing_key")
         load_or_create_signing_key(path, sealing.public_path(path))
+        ensure_service_keys(self.settings)  # every service signs what it publishes
         jwks_document(self.settings)  # creates the dev issuer's key
 
     def env(self, **extra: str) -> dict[str, str]:
