@@ -207,6 +207,15 @@ def _show(args: argparse.Namespace) -> int:
             ", ".join(f"{safe(m.output)}<-{safe(m.source)} [{safe(m.mask)}]" for m in event.masked_columns)
             or "none"
         ),
+        # what approving hands out unmasked: the approver must see it before saying yes
+        "releases raw: "
+        + (
+            "; ".join(
+                f"{safe(u.column)} ({safe(u.classification)}) by {safe(u.rule)}: {safe(u.reason)}"
+                for u in event.unmasked_columns
+            )
+            or "nothing (every classified column is masked)"
+        ),
     ]
     print("\n".join(lines))
     return 0

@@ -45,6 +45,7 @@ __all__ = [
     "ResultColumn",
     "ResultPage",
     "Target",
+    "UnmaskedColumn",
     "VERDICT_SYMBOLS",
     "Verdict",
     "VerifiedIdentity",
@@ -106,6 +107,20 @@ class MaskedColumn:
     classification: str
     #: Mask kind: email, last4, hash, nullify, redact.
     mask: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnmaskedColumn:
+    """A classified column read raw (not masked), and the policy grant or rule that released it."""
+
+    #: DB.SCHEMA.TABLE.COLUMN read raw.
+    column: str
+    #: Its classification, e.g. pii.ssn.
+    classification: str
+    #: The unmask grant or require_approval rule that released it.
+    rule: str
+    #: Why, as the policy states it.
+    reason: str
 
 
 #: Avro enum Verdict: The verdict. Plain str at runtime, one of the symbols.
@@ -243,6 +258,8 @@ class ApprovalRequested:
     findings: tuple[Finding, ...]
     #: Masking plan.
     masked_columns: tuple[MaskedColumn, ...]
+    #: Classified columns that approving releases raw (unmasked).
+    unmasked_columns: tuple[UnmaskedColumn, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -525,6 +542,8 @@ class PolicyDecided:
     classifications_touched: tuple[str, ...] = ()
     #: Tags of the tables touched.
     tags: tuple[str, ...] = ()
+    #: Classified columns released raw (unmasked), with the grant or rule.
+    unmasked_columns: tuple[UnmaskedColumn, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
