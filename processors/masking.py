@@ -299,6 +299,11 @@ def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], 
     for table in list(tree.find_all(exp.Table)):
         if table.find_ancestor(exp.Describe) is not None:
             continue
+        if isinstance(table.parent, exp.Clone):
+            fq_clone = table_fq(table)
+            if fq_clone is not None and masker.table(fq_clone).projection is not None:
+                raise MaskingError(f"CLONE of {fq_clone} would copy its classified columns raw")
+            continue
         fq = table_fq(table)
         if fq is None:
             if not table.args.get("db") and table.name in ctes:
