@@ -16,6 +16,10 @@ fakesnow server, the worker and the executor as separate processes, as ``querytr
 - pipeline: QueryRequested produced -> QueryCompleted + pages consumed, through worker and
   executor (3 hops on the critical path: requests, executions, results).
 
+- signing: what Ed25519 signing and verifying every record of one request costs (the services
+  sign each record they publish, every reader verifies it: docs/security.md), printed beside
+  the pipeline's p50; ``--signing-only`` measures it alone over typical record sizes.
+
 Prints p50/p99 of each, and the pipeline's added latency (pipeline - direct) as a multiple of
 (hops x one hop), against both direct figures. The sustained phase also prints the emulator's own
 ceiling (the rewritten statement sent directly from as many threads as the executor uses) and
@@ -43,6 +47,7 @@ CATALOG = ROOT / "infra" / "catalog" / "demo.yaml"
 
 SQL = "SELECT ID, EMAIL FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID <= 10"
 HOPS = 3
+LAST_RID: list[str] = []  # the request ids bench_pipeline sent, in order
 
 
 def _free() -> int:
@@ -233,6 +238,7 @@ def bench_pipeline(p: Any, n: int) -> list[float]:
     out = []
     for _ in range(n):
         rid = f"bench-{uuid.uuid4()}"
+        LAST_RID.append(rid)
         req = client.build_request(
             request_id=rid, prompt="bench", sql=SQL, model="bench", token=token,
             target=Target(profile="analytics"), context=ClientContext(),
@@ -300,6 +306,66 @@ def bench_rate(p: Any, rate: float, seconds: float, pids: dict[str, int]) -> Non
     )
 
 
+# Who verifies each signed topic's records (docs/security.md): the sink always, plus its readers.
+VERIFIERS = {"decisions": 3, "executions": 2, "results": 3, "catalog": 2, "actions": 1}
+# Typical sizes (bytes) of one allowed request's signed records, when no pipeline ran (--signing-only).
+TYPICAL = [("decisions", 900), ("executions", 1100), ("executions", 400), ("results", 700), ("results", 1500)]
+
+
+def request_records(p: Any, rid: str) -> list[tuple[str, bytes]]:
+    """(topic suffix, exact bytes) of every signed record one request produced."""
+    from processors.kafka_io import read_topic
+
+    out = []
+    for suffix in ("decisions", "executions", "results"):
+        for msg in read_topic(p.settings, suffix, timeout=60):
+            if msg.key() == rid.encode():
+                out.append((suffix, msg.value() or b""))
+    return out
+
+
+def signing_cost(records: list[tuple[str, int | bytes]], rounds: int = 2000) -> tuple[float, float, int, int]:
+    """Ed25519 sign (once per record) and verify (once per reader) of one request's records:
+    (seconds signing, seconds verifying, signatures, verifications) per request, the median of
+    ``rounds`` repetitions, with the same code the services run (querytrail.keys)."""
+    import statistics
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from querytrail.keys import EventSigner, EventVerifier
+
+    key = Ed25519PrivateKey.generate()
+    signer = EventSigner(key, "bench")
+    values = [(f"qt.{t}", v if isinstance(v, bytes) else os.urandom(v)) for t, v in records]
+    verifier = EventVerifier({t: [key.public_key()] for t, _ in values})
+    signing, verifying = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        signed = [(t, v, signer.headers(t, v)) for t, v in values]
+        t1 = time.perf_counter()
+        for t, v, h in signed:
+            for _ in range(VERIFIERS[t.split(".", 1)[1]]):
+                verifier.verify(t, v, h)
+        t2 = time.perf_counter()
+        signing.append(t1 - t0)
+        verifying.append(t2 - t1)
+    verifies = sum(VERIFIERS[t.split(".", 1)[1]] for t, _ in values)
+    return statistics.median(signing), statistics.median(verifying), len(values), verifies
+
+
+def show_signing(records: list[tuple[str, int | bytes]], total_p50: float | None) -> None:
+    sign, verify, n_sign, n_verify = signing_cost(records)
+    sizes = [len(v) if isinstance(v, bytes) else v for _, v in records]
+    line = (
+        f"signing {n_sign} records ({min(sizes)}-{max(sizes)} B) + {n_verify} verifications per request: "
+        f"sign {sign * 1e6:.0f} us + verify {verify * 1e6:.0f} us = {(sign + verify) * 1000:.3f} ms "
+        f"({sign / n_sign * 1e6:.0f} us per signature, {verify / n_verify * 1e6:.0f} us per verification)"
+    )
+    if total_p50 is not None:
+        line += f" of the pipeline's p50 {total_p50 * 1000:.1f} ms ({(sign + verify) / total_p50:.1%})"
+    print(line)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50)
@@ -308,6 +374,11 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     ap.add_argument("--skip-rate", action="store_true")
     ap.add_argument(
+        "--signing-only",
+        action="store_true",
+        help="only the Ed25519 cost per request, over typical record sizes (no stack started)",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -315,6 +386,9 @@ def main() -> int:
         help="a setting of the worker and executor, e.g. kafka.fetch_wait_max_ms=500 (YAML value)",
     )
     args = ap.parse_args()
+    if args.signing_only:
+        show_signing(list(TYPICAL), None)
+        return 0
 
     import yaml
     from pipeline_harness import Pipeline, new_prefix
@@ -366,6 +440,9 @@ def main() -> int:
         r50, _ = show("direct, rewritten statement", direct_rewritten)
         h50, _ = show("one Kafka hop (produce->consume)", hop)
         p50, _ = show("pipeline (request->completed)", through)
+        last = bench_pipeline(pipeline, 1)  # one more request, whose records are measured below
+        del last
+        show_signing(request_records(pipeline, LAST_RID[-1]), p50)
         floor = HOPS * h50
         for label, base in (("direct on an open connection", d50), ("direct, rewritten statement", r50)):
             added = p50 - base
