@@ -43,8 +43,10 @@ refused (MaskingError); everything else it reads is masked at the read like a qu
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlglot import exp
@@ -77,6 +79,9 @@ _NO_READS = frozenset({"use", "show", "describe", "transaction", "other", "grant
 _PLAIN = re.compile(r"[A-Z_][A-Z0-9_$]*")
 _SNOWFLAKE = Dialect.get_or_raise("snowflake")
 REDACTED = "***MASKED***"
+# placeholders for spliced derived tables carry a per-process random part, so no caller text can
+# name one (and they are checked to appear exactly once)
+_NONCE = secrets.token_hex(8).upper()
 
 
 class MaskingError(Exception):
@@ -173,13 +178,40 @@ def _catalog_of(classifier: Classifier, catalog: Any) -> Any:
     return found
 
 
+_COLUMN_SLOT = "QT_MASKED_COLUMN_SLOT"
+
+
+@lru_cache(maxsize=256)
+def _mask_template(kind: str, col_type: str | None) -> str:
+    """The Snowflake SQL of a read mask with a slot for the column (generated once per kind/type)."""
+    return mask_expression(kind, exp.column(_COLUMN_SLOT), col_type).sql("snowflake")
+
+
 @dataclass
 class _TableMasks:
-    """For one catalog table: the projection that masks it, or None when nothing is masked."""
+    """For one catalog table: how each column is read (its mask, or None for raw)."""
 
-    projection: list[exp.Expr] | None
+    columns: list[tuple[str, str | None, str | None]]  # (name, mask kind or None, type)
     reads: list[MaskedRead]
     released: list[ReleasedColumn]
+    text: str = ""  # the masked projection as SQL text, spliced in by placeholder
+
+    @property
+    def masked(self) -> bool:
+        return bool(self.reads)
+
+    def projection(self) -> list[exp.Expr]:
+        out: list[exp.Expr] = []
+        for name, kind, col_type in self.columns:
+            ref = exp.column(_identifier(name))
+            out.append(
+                ref if kind is None else exp.alias_(mask_expression(kind, ref, col_type), _identifier(name))
+            )
+        return out
+
+
+def _quoted(name: str) -> str:
+    return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 class _ReadMasker:
@@ -209,24 +241,25 @@ class _ReadMasker:
         info = self.catalog.table(fq)
         if info is None:
             raise MaskingError(f"table {fq} is not in the catalog, so its reads cannot be masked")
-        projection: list[exp.Expr] = []
+        columns: list[tuple[str, str | None, str | None]] = []
+        texts: list[str] = []
         reads: list[MaskedRead] = []
         released: list[ReleasedColumn] = []
         for col in info.columns:
-            ref = exp.column(_identifier(col.name))
+            name = _quoted(col.name)
             cls_ = self.classifier.column_classification(f"{fq}.{col.name}")
-            if not cls_:
-                projection.append(ref)
-                continue
-            grant = self.unmasked.get(cls_)
-            if grant is not None:
+            grant = self.unmasked.get(cls_) if cls_ else None
+            if grant is not None and cls_:
                 released.append(ReleasedColumn(f"{fq}.{col.name}", cls_, grant[0], grant[1]))
-                projection.append(ref)
+            if not cls_ or grant is not None:
+                columns.append((col.name, None, col.type))
+                texts.append(name)
                 continue
             kind = self.kind_for(cls_)
             reads.append(MaskedRead(f"{fq}.{col.name}", cls_, kind))
-            projection.append(exp.alias_(mask_expression(kind, ref, col.type), _identifier(col.name)))
-        found = _TableMasks(projection if reads else None, reads, released)
+            columns.append((col.name, kind, col.type))
+            texts.append(f"{_mask_template(kind, col.type).replace(_COLUMN_SLOT, name)} AS {name}")
+        found = _TableMasks(columns, reads, released, ", ".join(texts))
         self._tables[fq] = found
         return found
 
@@ -290,8 +323,19 @@ def _target_reads(root: exp.Expr, target: exp.Table, classified: set[str]) -> li
     return found
 
 
-def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], list[ReleasedColumn]]:
-    """Replace every read of a classified catalog table with its masking derived table."""
+# table arguments that stay inside the derived table (time travel, sampling, ...): such a read is
+# rewritten in the tree; a plain read is spliced in as text, which is much cheaper to generate
+_PLAIN_TABLE_ARGS = frozenset({"this", "db", "catalog", "alias", "pivots"})
+
+
+def _mask_reads(
+    tree: exp.Expr, masker: _ReadMasker, splices: dict[str, str]
+) -> tuple[list[MaskedRead], list[ReleasedColumn]]:
+    """Replace every read of a classified catalog table with its masking derived table.
+
+    Plain reads become a placeholder table whose name ``splices`` maps to the derived table's
+    text; the caller substitutes it after generating the statement.
+    """
     written = {id(t) for t in _write_targets(tree)}
     ctes = _cte_names(tree)
     reads: dict[str, MaskedRead] = {}
@@ -301,7 +345,7 @@ def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], 
             continue
         if isinstance(table.parent, exp.Clone):
             fq_clone = table_fq(table)
-            if fq_clone is not None and masker.table(fq_clone).projection is not None:
+            if fq_clone is not None and masker.table(fq_clone).masked:
                 raise MaskingError(f"CLONE of {fq_clone} would copy its classified columns raw")
             continue
         fq = table_fq(table)
@@ -318,7 +362,7 @@ def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], 
         masks = masker.table(fq)
         for rel in masks.released:
             released[rel.column] = rel
-        if masks.projection is None:
+        if not masks.masked:
             continue
         for read in masks.reads:
             reads[read.column] = read
@@ -331,7 +375,21 @@ def _mask_reads(tree: exp.Expr, masker: _ReadMasker) -> tuple[list[MaskedRead], 
                     f"target {fq}, which cannot be masked at the read"
                 )
             continue
-        table.replace(_derived(table, masks.projection))
+        if all(k in _PLAIN_TABLE_ARGS for k, v in table.args.items() if v):
+            slot = f"QT_READ_{len(splices)}_{_NONCE}"
+            name = exp.Table(
+                this=table.this.copy(), db=table.args["db"].copy(), catalog=table.args["catalog"].copy()
+            )
+            quote_identifiers(name, dialect="snowflake", identify=False)
+            splices[slot] = f"(SELECT {masks.text} FROM {name.sql('snowflake')})"
+            placeholder = exp.Table(this=exp.to_identifier(slot))
+            alias = table.args.get("alias") or exp.TableAlias(this=_identifier(table.name))
+            placeholder.set("alias", alias)
+            if table.args.get("pivots"):
+                placeholder.set("pivots", table.args["pivots"])
+            table.replace(placeholder)
+        else:
+            table.replace(_derived(table, masks.projection()))
     return list(reads.values()), list(released.values())
 
 
@@ -392,7 +450,8 @@ def plan_read_masking(
         masks_by_classification, classifier, _catalog_of(classifier, catalog), unmasked or {}
     )
     tree = analysis.parsed.copy()
-    reads, released = _mask_reads(tree, masker)
+    splices: dict[str, str] = {}
+    reads, released = _mask_reads(tree, masker, splices)
     plans: list[MaskedColumnPlan | None] = []
     wraps: list[bool] = []
     if kind == "select":
@@ -408,6 +467,10 @@ def plan_read_masking(
     quote_identifiers(tree, dialect="snowflake", identify=False)
     # the tree is our own copy: let the generator skip its defensive deep copy
     sql = _SNOWFLAKE.generate(tree, copy=False)
+    for slot, text in splices.items():
+        if sql.count(slot) != 1:
+            raise MaskingError("a masked read could not be placed in the statement")
+        sql = sql.replace(slot, text)
     return MaskingPlan(sql, tuple(p for p in plans if p is not None), tuple(reads), tuple(released))
 
 
