@@ -1,4 +1,4 @@
-"""Create every topic of ``schemas.topics.TOPICS`` with its configs (idempotent)."""
+"""Create every topic of ``schemas.topics.TOPICS``, and the sink's ``WITNESS``, with its configs (idempotent)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from schemas.topics import TOPICS
+from schemas.topics import TOPICS, WITNESS
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -29,7 +29,7 @@ def create_topics(
     settings: Settings | None = None,
     timeout: float = 30.0,
 ) -> dict[str, str]:
-    """Create the querytrail topics under ``prefix``; return suffix -> topic name.
+    """Create the querytrail topics and the witness topic under ``prefix``; return suffix -> name.
 
     Topics that already exist are left as they are, except that the declared configs are
     re-applied (incrementally), so a rerun repairs a drifted ``cleanup.policy``.
@@ -55,12 +55,16 @@ def create_topics(
     except KafkaException as exc:
         raise TopicCreationError(f"Kafka broker {bootstrap} did not answer: {exc}") from exc
 
-    names = {suffix: t.name(prefix) for suffix, t in TOPICS.items()}
+    declared = {**TOPICS, WITNESS.suffix: WITNESS}
+    names = {suffix: t.name(prefix) for suffix, t in declared.items()}
     new = [
         NewTopic(
-            names[suffix], num_partitions=partitions, replication_factor=replication, config=dict(t.configs)
+            names[suffix],
+            num_partitions=1 if t is WITNESS else partitions,
+            replication_factor=replication,
+            config=dict(t.configs),
         )
-        for suffix, t in TOPICS.items()
+        for suffix, t in declared.items()
         if names[suffix] not in existing
     ]
     if new:
@@ -73,7 +77,7 @@ def create_topics(
                     continue  # a concurrent creator won the race: fine
                 raise TopicCreationError(f"creating topic {name} on {bootstrap} failed: {exc}") from exc
 
-        _wait_visible(admin, [t.topic for t in new], partitions, bootstrap, timeout)
+        _wait_visible(admin, {t.topic: t.num_partitions for t in new}, bootstrap, timeout)
 
     # Re-assert the declared configs on topics that pre-existed.
     resources = [
@@ -84,7 +88,7 @@ def create_topics(
                 ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in t.configs.items()
             ],
         )
-        for suffix, t in TOPICS.items()
+        for suffix, t in declared.items()
         if names[suffix] in existing and t.configs
     ]
     if resources:
@@ -98,9 +102,7 @@ def create_topics(
     return names
 
 
-def _wait_visible(
-    admin: AdminClient, topics: list[str], partitions: int, bootstrap: str, timeout: float
-) -> None:
+def _wait_visible(admin: AdminClient, topics: dict[str, int], bootstrap: str, timeout: float) -> None:
     """Wait until every new topic has a leader for each partition.
 
     CreateTopics returns once the controller accepted the topic; the broker serves its
@@ -116,7 +118,7 @@ def _wait_visible(
             if (
                 t
                 and t.error is None
-                and len(t.partitions) >= partitions
+                and len(t.partitions) >= topics[name]
                 and all(p.leader >= 0 for p in t.partitions.values())
             ):
                 pending.discard(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TOPICS", "Topic", "topic_names"]
+__all__ = ["TOPICS", "WITNESS", "Topic", "topic_names"]
 
 _DAY_MS = 24 * 3600 * 1000
 
@@ -73,6 +73,22 @@ TOPICS: dict[str, Topic] = {
         Topic(suffix="deadletter", events=("DeadLetter",), configs=dict(_AUDIT)),
     )
 }
+
+
+# The audit sink's own output, not an event topic (the sink does not read it back): one signed,
+# chained JSON line per committed snapshot, kept forever so a rolled-back table and a truncated
+# witness file still disagree with it (docs/audit.md). One partition: one total order.
+WITNESS = Topic(
+    suffix="witness",
+    events=(),
+    configs={
+        "cleanup.policy": "delete",
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
+    },
+)
 
 
 def topic_names(prefix: str = "querytrail") -> dict[str, str]:

@@ -99,6 +99,10 @@ class Signer:
         sig = base64.b64encode(self._private.sign(message)).decode()
         return Head(offset=offset, hash=head.hex(), sig=sig)
 
+    def sign_bytes(self, message: bytes) -> str:
+        """A base64 Ed25519 signature over ``message`` (the witness lines)."""
+        return base64.b64encode(self._private.sign(message)).decode()
+
 
 class Verifier:
     """Checks signed heads with the sink's public key."""
@@ -112,6 +116,13 @@ class Verifier:
             self._public.verify(
                 base64.b64decode(head.sig), head_message(table_uuid, tp, head.offset, head.hash)
             )
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def check_bytes(self, message: bytes, sig: str) -> bool:
+        try:
+            self._public.verify(base64.b64decode(sig), message)
         except (InvalidSignature, ValueError):
             return False
         return True

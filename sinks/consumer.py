@@ -27,7 +27,7 @@ from sinks.deadletters import SinkDeadLetters
 from sinks.table import load_or_create_table
 from sinks.writer import IcebergSink, Record, StaleStateError, no_cyclic_gc
 
-__all__ = ["SinkRunner", "build_sink", "consumer_config", "run_sink", "witness_path"]
+__all__ = ["SinkRunner", "build_sink", "consumer_config", "run_sink", "witness_path", "witness_publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,24 @@ def build_sink(settings: Settings) -> IcebergSink:
         codec.decode,
         witness_path(settings),
         workers=settings.iceberg.sink_workers,
+        publish_witness=witness_publisher(settings),
     )
+
+
+def witness_publisher(settings: Settings) -> Any:
+    """``publish(key, line)`` onto the witness topic, acknowledged (acks=all) or raising."""
+    from infra.clients import make_producer, produce_sync
+    from schemas.topics import WITNESS
+
+    topic = WITNESS.name(settings.kafka.topic_prefix)
+    producer: list[Any] = []  # created on first use: the sink forks its decoders before any client
+
+    def publish(key: bytes, line: bytes) -> None:
+        if not producer:
+            producer.append(make_producer(settings.kafka, **{"linger.ms": 0}))
+        produce_sync(producer[0], topic, line, key=key, timeout=10.0)
+
+    return publish
 
 
 class SinkRunner:

@@ -3,8 +3,10 @@
 Checks, per (topic, partition) in offset order: each row's ``avro_sha256`` against its bytes,
 its ``chain_hash`` against ``sha256(prev || sha256(avro))``, its typed columns against the event
 re-decoded from ``avro``; then every snapshot's signed heads against the rows, the snapshot
-ancestry (a rollback leaves newer snapshots off the current lineage) and the sink's local
-witness file (a rollback or expiry removes heads the sink once signed). Problems name the row.
+ancestry (a rollback leaves newer snapshots off the current lineage) and the sink's witness
+(sinks/witness.py: a rollback or expiry removes heads the sink once signed; the witness itself
+must be present, signed, chained, as long as the table's history, and agree with the witness
+topic). Problems name the row, the snapshot, the witness line or the unreadable data file.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import pyarrow as pa
 
 from sinks.chain import GENESIS, Head, Verifier, chain_step
 from sinks.schema import DERIVED_COLUMNS, derive, row_fields
+from sinks.witness import WitnessLine, check_lines, read_lines
 
 __all__ = ["Problem", "VerifyReport", "verify_rows", "verify_table"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # changed | removed | inserted | reordered | unsigned | signature | rollback | expired
+    # changed | removed | inserted | reordered | unsigned | signature | rollback | expired | witness
+    # | unreadable
+    kind: str
     where: str  # topic:partition@offset, or snapshot id
     message: str
 
@@ -41,6 +46,7 @@ class VerifyReport:
     partitions: int = 0
     snapshots: int = 0
     witness_entries: int = 0
+    witness_published: int | None = None  # lines of this table on the witness topic (None: not read)
     problems: list[Problem] = field(default_factory=list)
     # recomputed chain hash per "topic:partition" -> {offset: hex}
     chains: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -56,6 +62,7 @@ class VerifyReport:
             "partitions": self.partitions,
             "snapshots": self.snapshots,
             "witness_entries": self.witness_entries,
+            "witness_published": self.witness_published,
             "first_problem": str(self.problems[0]) if self.problems else None,
             "problems": [p.__dict__ for p in self.problems],
         }
@@ -241,32 +248,27 @@ def _check_heads(
     return ok
 
 
-def read_witness(path: Path, uuid: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            if entry.get("table") == uuid:
-                out.append(entry)
-    return out
-
-
 def verify_table(
     tbl: Any,
     verifier: Verifier,
     decode: Callable[[bytes], Any] | None,
     witness: Path | None = None,
     since: datetime | None = None,
+    published: list[bytes] | None = None,
 ) -> VerifyReport:
-    """Everything: rows, every snapshot's signed heads, ancestry, and the witness file."""
+    """Everything: rows, every snapshot's signed heads, ancestry, the witness file and topic.
+
+    ``witness`` None skips the witness checks (library use); ``published`` is what the witness
+    topic holds (None: not compared).
+    """
     from sinks.table import state_of
 
     tbl.refresh()
     uuid = str(tbl.metadata.table_uuid)
-    rows = _rows_since(tbl, since) if since else tbl.scan().to_arrow()
+    rows, unreadable = _read_rows(tbl, since)
     report = verify_rows(rows, decode, anchored=since is None)
+    for path, error in unreadable:
+        report.problems.insert(0, Problem("unreadable", path, error))
     # with --since, heads are checked from the first row in range on
     since_floor = {tp: min(c) for tp, c in report.chains.items() if c} if since else None
     current = tbl.current_snapshot()
@@ -302,18 +304,145 @@ def verify_table(
             snap.snapshot_id == current.snapshot_id,
         )
     if witness is not None:
-        known = {s.snapshot_id for s in snapshots}
-        entries = read_witness(witness, uuid)
-        report.witness_entries = len(entries)
-        for entry in entries:
-            heads = {k: Head.from_json(v) for k, v in entry["heads"].items()}
-            origin = f"witness of snapshot {entry['snapshot_id']}"
-            if entry["snapshot_id"] not in known:
-                report.problems.append(
-                    Problem("expired", origin, "the sink wrote this snapshot but the table no longer has it")
-                )
-            _check_heads(report, verifier, uuid, heads, origin, since_floor, False)
+        _check_witness(report, tbl, verifier, uuid, witness, since_floor, published)
     return report
+
+
+def _heads_key(heads: dict[str, Any]) -> tuple[tuple[str, int, str], ...]:
+    return tuple(sorted((tp, int(h["offset"]), str(h["hash"])) for tp, h in heads.items()))
+
+
+def _check_witness(
+    report: VerifyReport,
+    tbl: Any,
+    verifier: Verifier,
+    uuid: str,
+    path: Path,
+    since_floor: dict[str, int] | None,
+    published: list[bytes] | None,
+) -> None:
+    """The witness file is present, signed, chained, as long as the table's history, and the topic agrees."""
+    from sinks.table import state_of
+
+    snapshots = list(tbl.metadata.snapshots)
+    signed = {s.snapshot_id: st for s in snapshots if (st := state_of(s)) is not None}
+    lines = read_lines(path)
+    if lines is None or not lines:
+        if signed or published:
+            report.problems.append(
+                Problem(
+                    "witness",
+                    str(path),
+                    f"missing: the sink signed {len(signed)} snapshot(s) but the witness file "
+                    f"{'does not exist' if lines is None else 'is empty'}",
+                )
+            )
+        lines = lines or []
+    for where, message in check_lines(lines, verifier):
+        report.problems.append(Problem("witness", where, message))
+    entries = [ln.entry for ln in lines if ln.entry is not None and ln.entry.get("table") == uuid]
+    report.witness_entries = len(entries)
+    known = {s.snapshot_id for s in snapshots}
+    witnessed: set[tuple[tuple[str, int, str], ...]] = set()
+    for entry in entries:
+        try:
+            heads = {k: Head.from_json(v) for k, v in entry["heads"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # check_lines named it (a signed line always has heads)
+        witnessed.add(_heads_key(entry["heads"]))
+        origin = f"witness of snapshot {entry.get('snapshot_id')}"
+        if entry.get("snapshot_id") not in known:
+            report.problems.append(
+                Problem("expired", origin, "the sink wrote this snapshot but the table no longer has it")
+            )
+        _check_heads(report, verifier, uuid, heads, origin, since_floor, False)
+    # shorter than the table's history: signed heads the witness never recorded ...
+    for snap_id, st in signed.items():
+        if st.heads and _heads_key({k: h.to_json() for k, h in st.heads.items()}) not in witnessed:
+            report.problems.append(
+                Problem(
+                    "witness",
+                    f"snapshot {snap_id}",
+                    "the table holds signed heads the witness never recorded: "
+                    "the witness is shorter than the table's history",
+                )
+            )
+    # ... or sequence numbers after the witness's end that no snapshot holds any more
+    last_seq = int(tbl.metadata.last_sequence_number or 0)
+    witness_seq = max((int(e.get("sequence_number") or 0) for e in entries), default=0)
+    present = {int(s.sequence_number or 0) for s in snapshots}
+    gone = [n for n in range(witness_seq + 1, last_seq + 1) if n not in present]
+    if gone:
+        report.problems.append(
+            Problem(
+                "witness",
+                "table",
+                f"the table's history reaches sequence number {last_seq} but the witness ends at "
+                f"{witness_seq} and {len(gone)} later snapshot(s) are gone: "
+                "the table was rolled back and the witness truncated",
+            )
+        )
+    if published is not None:
+        _compare_topic(report, lines, published, uuid)
+
+
+def _compare_topic(report: VerifyReport, lines: list[WitnessLine], published: list[bytes], uuid: str) -> None:
+    """Every line the topic holds for this table is in the file, byte for byte."""
+    in_file = {ln.raw for ln in lines}
+    ours = []
+    for raw in published:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            report.problems.append(Problem("witness", "witness topic", "a record is not a witness line"))
+            continue
+        if isinstance(entry, dict) and entry.get("table") == uuid:
+            ours.append((raw, entry))
+    report.witness_published = len(ours)
+    missing = [e for raw, e in ours if raw not in in_file]
+    if missing:
+        first = missing[0]
+        report.problems.append(
+            Problem(
+                "witness",
+                f"witness topic entry {first.get('n')}",
+                f"{len(missing)} line(s) on the witness topic are not in the witness file "
+                f"(first: snapshot {first.get('snapshot_id')}): the file was truncated, replaced or changed",
+            )
+        )
+
+
+def _read_rows(tbl: Any, since: datetime | None) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The rows to check, and (path, error) of every data file that cannot be read.
+
+    A missing or damaged data file must be named, not crash verify: the rows of the other files
+    are still checked (the lost rows then show as removed).
+    """
+    try:
+        return (_rows_since(tbl, since) if since else tbl.scan().to_arrow()), []
+    except Exception:  # noqa: S110 - retried file by file below, where each failure is named
+        pass
+    import pyarrow.parquet as pq
+
+    from sinks.schema import ARROW_SCHEMA
+
+    pieces, unreadable = [], []
+    for task in tbl.scan().plan_files():
+        path = task.file.file_path
+        try:
+            with tbl.io.new_input(path).open() as fh:
+                data = pq.read_table(fh)
+            pieces.append(data.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
+        except Exception as exc:
+            unreadable.append((path, f"data file cannot be read ({type(exc).__name__}: {str(exc)[:200]})"))
+    rows = pa.concat_tables(pieces) if pieces else ARROW_SCHEMA.empty_table()
+    if since is not None:
+        import pyarrow.compute as pc
+
+        rows = rows.filter(
+            pc.greater_equal(rows["occurred_at"], pa.scalar(since, rows.schema.field("occurred_at").type))
+        )
+    return rows, unreadable
 
 
 def _rows_since(tbl: Any, since: datetime) -> pa.Table:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -31,6 +30,7 @@ from pyiceberg.table import Table
 from sinks.chain import GENESIS, Head, Signer, chain_step, tp_key
 from sinks.schema import ARROW_SCHEMA, derive, undecodable_row
 from sinks.table import SinkState, state_of
+from sinks.witness import WitnessWriter
 
 __all__ = [
     "BODY_SCHEMA",
@@ -310,13 +310,20 @@ class IcebergSink(BatchingSink):
         decode: Callable[[bytes], Any],
         witness_path: Path | None = None,
         workers: int = 0,
+        publish_witness: Callable[[bytes, bytes], None] | None = None,
     ) -> None:
         super().__init__()
         self.table = table
         self.signer = signer
         self.decode = decode
         self.witness_path = witness_path
+        self.witness = (
+            WitnessWriter(witness_path, signer, publish_witness)
+            if witness_path is not None or publish_witness is not None
+            else None
+        )
         self.state = state_of(table.current_snapshot()) or SinkState({}, {}, signer.key_id)
+        self._witness_catch_up()
         self.files_written = 0
         self.commit_seconds: list[float] = []
         self._unsure = False
@@ -348,7 +355,35 @@ class IcebergSink(BatchingSink):
         """Re-read the state from the table's current snapshot (after assignment or a conflict)."""
         self.table.refresh()
         self.state = state_of(self.table.current_snapshot()) or SinkState({}, {}, self.signer.key_id)
+        self._witness_catch_up()
         return self.state
+
+    def _witness_catch_up(self, limit: int = 1000) -> None:
+        """Record the snapshots committed after the witness's last line (a crash between an
+        append and its line). Only from a witness that names this table: a missing witness is
+        not re-created from the table (verify must still see that it went missing)."""
+        if self.witness is None or self.witness.path is None:
+            return
+        uuid = str(self.table.metadata.table_uuid)
+        last = self.witness.last_snapshot(uuid)
+        if last is None:
+            if self.table.current_snapshot() is not None and self.witness_path is not None:
+                log.error("the witness %s does not end with this table's snapshot", self.witness_path)
+            return
+        by_id = {s.snapshot_id: s for s in self.table.metadata.snapshots}
+        missed: list[Any] = []
+        cur = self.table.current_snapshot()
+        while cur is not None and cur.snapshot_id != last and len(missed) < limit:
+            missed.append(cur)
+            cur = by_id.get(cur.parent_snapshot_id) if cur.parent_snapshot_id is not None else None
+        if cur is None:  # the witnessed snapshot is not an ancestor: verify reports that; no guessing
+            log.error("the witness's last snapshot %s is not in the table's lineage", last)
+            return
+        for snap in reversed(missed):
+            state = state_of(snap)
+            if state is not None:
+                log.warning("witnessing snapshot %s committed before a crash", snap.snapshot_id)
+                self.witness.record(uuid, snap.snapshot_id, snap.sequence_number, state.heads)
 
     def committed_offset(self, topic: str, partition: int) -> int:
         return self.state.offsets.get(tp_key(topic, partition), 0) - 1
@@ -416,24 +451,11 @@ class IcebergSink(BatchingSink):
         snap = self.table.current_snapshot()
         if snap is not None and snap.summary is not None:
             self.files_written += int(snap.summary.additional_properties.get("added-data-files", 0))
-        self._witness(snap.snapshot_id if snap else None, uuid, state.heads)
+        if self.witness is not None:  # so a later rollback, expiry or truncation shows (sinks/witness.py)
+            self.witness.record(
+                uuid,
+                snap.snapshot_id if snap else None,
+                snap.sequence_number if snap else None,
+                state.heads,
+            )
         self.commit_seconds.append(time.perf_counter() - started)
-
-    def _witness(self, snapshot_id: int | None, uuid: str, heads: dict[str, Head]) -> None:
-        """Append the signed heads to the local witness file, so a later rollback shows."""
-        if self.witness_path is None:
-            return
-        self.witness_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(
-            {
-                "table": uuid,
-                "snapshot_id": snapshot_id,
-                "heads": {k: h.to_json() for k, h in sorted(heads.items())},
-                "written_at": datetime.now(UTC).isoformat(),
-            },
-            sort_keys=True,
-        )
-        with open(self.witness_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())

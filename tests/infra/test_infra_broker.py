@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from infra.topics import create_topics
-from schemas.topics import TOPICS, topic_names
+from schemas.topics import TOPICS, WITNESS, topic_names
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_every_topic_exists_with_its_partitions(kafka_bootstrap: str, topic_pref
 
 
 def test_topic_configs_match_the_topic_table(kafka_bootstrap: str, topic_prefix: str) -> None:
-    for suffix, topic in TOPICS.items():
+    for suffix, topic in {**TOPICS, "witness": WITNESS}.items():
         actual = _configs(kafka_bootstrap, topic.name(topic_prefix))
         for key, value in topic.configs.items():
             assert actual[key] == value, (suffix, key)
@@ -57,7 +57,10 @@ def test_create_topics_is_idempotent_and_repairs_drift(kafka_bootstrap: str, top
     )
     admin.incremental_alter_configs([res])[res].result(15)
     _eventually_config(kafka_bootstrap, f"{topic_prefix}.catalog", "cleanup.policy", "delete")
-    assert create_topics(kafka_bootstrap, topic_prefix) == topic_names(topic_prefix)
+    assert create_topics(kafka_bootstrap, topic_prefix) == {
+        **topic_names(topic_prefix),
+        "witness": WITNESS.name(topic_prefix),
+    }
     _eventually_config(kafka_bootstrap, f"{topic_prefix}.catalog", "cleanup.policy", "compact")
 
 

@@ -276,3 +276,119 @@ def test_verify_since_keeps_chains_whole_when_clocks_disagree(tmp_path: Path) ->
     report = verify(s, since=DAY)
     assert report.ok, report.problems
     assert report.rows == len(events) + 1
+
+
+def _rollback_and_expire(settings: Settings, keep: int) -> int:
+    """Roll the table back to its ``keep``-th snapshot and expire every later one; its id."""
+    tbl = open_table(settings)
+    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.sequence_number or 0)
+    old = snaps[keep]
+    tbl.manage_snapshots().rollback_to_snapshot(old.snapshot_id).commit()
+    newer = [s.snapshot_id for s in snaps if (s.sequence_number or 0) > (old.sequence_number or 0)]
+    tbl.maintenance.expire_snapshots().by_ids(newer).commit()
+    return old.snapshot_id
+
+
+def test_rollback_plus_witness_removed_fails_verify(settings: Settings) -> None:
+    from sinks.consumer import witness_path
+
+    _rollback_and_expire(settings, 1)
+    witness_path(settings).unlink()
+    report = verify(settings)
+    assert not report.ok
+    assert any(p.kind == "witness" and "missing" in p.message for p in report.problems), report.problems
+
+
+def test_rollback_plus_witness_truncated_fails_verify(settings: Settings) -> None:
+    """The careful attacker: the witness is cut where the table now ends, so both agree."""
+    import json
+
+    from sinks.consumer import witness_path
+
+    kept = _rollback_and_expire(settings, 1)
+    path = witness_path(settings)
+    lines = path.read_bytes().splitlines()
+    cut = next(i for i, ln in enumerate(lines) if json.loads(ln)["snapshot_id"] == kept)
+    path.write_bytes(b"".join(ln + b"\n" for ln in lines[: cut + 1]))
+    report = verify(settings)
+    assert not report.ok
+    assert {p.kind for p in report.problems} == {"witness"}, report.problems
+    assert "the witness truncated" in str(report.problems[0]), report.problems
+
+
+def test_witness_line_removed_or_edited_is_named(settings: Settings) -> None:
+    import json
+
+    from sinks.consumer import witness_path
+
+    path = witness_path(settings)
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"".join(ln + b"\n" for i, ln in enumerate(lines) if i != 1))
+    assert any(str(p).startswith("witness: witness line 2: off the chain") for p in verify(settings).problems)
+    path.write_bytes(b"".join(ln.replace(b'"offset":', b'"offset": ') + b"\n" for ln in lines))
+    assert str(verify(settings).problems[0]).startswith("witness: witness line 1: changed")
+    from sinks.witness import canonical
+
+    edited = json.loads(lines[0])
+    edited["snapshot_id"] += 1
+    path.write_bytes(b"".join(ln + b"\n" for ln in [canonical(edited), *lines[1:]]))
+    assert str(verify(settings).problems[0]).startswith("witness: witness line 1: bad signature")
+
+
+def test_unsigned_legacy_witness_lines_are_named(settings: Settings) -> None:
+    import json
+
+    from sinks.consumer import witness_path
+
+    path = witness_path(settings)
+    first = json.loads(path.read_bytes().splitlines()[0])
+    del first["sig"]
+    path.write_text(json.dumps(first) + "\n")
+    kinds = [str(p) for p in verify(settings).problems]
+    assert kinds[0].startswith("witness: witness line 1: unsigned"), kinds
+
+
+def test_witness_topic_disagreeing_with_the_file_is_named(settings: Settings) -> None:
+    from sinks.consumer import witness_path
+
+    path = witness_path(settings)
+    published = path.read_bytes().splitlines()
+    assert verify(settings, published=published).ok
+    assert verify(settings, published=published).witness_published == len(published)
+    # the newest line is gone from the file (and the table is otherwise consistent with it)
+    path.write_bytes(b"".join(ln + b"\n" for ln in published[:-1]))
+    report = verify(settings, published=published)
+    assert any(p.kind == "witness" and "not in the witness file" in p.message for p in report.problems), (
+        report.problems
+    )
+
+
+def test_unreadable_data_file_is_named_not_a_crash(settings: Settings) -> None:
+    tbl = open_table(settings)
+    path = next(iter(tbl.scan().plan_files())).file.file_path.removeprefix("file://")
+    Path(path).write_bytes(b"not parquet any more")
+    report = verify(settings)
+    assert not report.ok
+    first = report.problems[0]
+    assert first.kind == "unreadable" and path in first.where, report.problems
+    Path(path).unlink()
+    report = verify(settings)
+    assert report.problems[0].kind == "unreadable" and "FileNotFoundError" in report.problems[0].message
+
+
+def test_a_crash_between_the_append_and_its_witness_line_is_caught_up_on_restart(tmp_path: Path) -> None:
+    s = local_settings(tmp_path / "home")
+    sink = make_sink(s)
+    write_events(sink, scenario()[:6], partitions=1, per_flush=3)
+    assert sink.witness is not None
+
+    def crash(*args: Any) -> bytes:
+        raise SystemExit("killed after the append, before the witness line")
+
+    sink.witness.record = crash  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        write_events(sink, scenario()[6:9], partitions=1, per_flush=3)
+    assert not verify(s).ok  # the table holds heads the witness never recorded
+    make_sink(s)  # the restarted sink witnesses what it committed before the crash
+    report = verify(s)
+    assert report.ok, report.problems
