@@ -31,6 +31,7 @@ from processors.authz import AuthzError, Verifier
 from processors.detectors import mask_rows
 from processors.ledger import Ledger, LedgerRow
 from processors.results import jsonable, paginate, result_sha256
+from processors.scrub import error_summary
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     DetectorHit,
@@ -119,15 +120,22 @@ class Outcome:
 
 
 def _failed(auth: Any, outcome: str, exc: BaseException, sfqid: str | None = None) -> QueryFailed:
-    errno = getattr(exc, "errno", None)
+    # Snowflake quotes the values it failed on: only the scrubbed text leaves this process
+    code, sqlstate, message = error_summary(exc)
     return QueryFailed(
         **_meta(auth),
         outcome=outcome,
-        error_code=str(errno) if errno not in (None, -1) else None,
-        sqlstate=getattr(exc, "sqlstate", None),
-        message=(getattr(exc, "msg", None) or str(exc))[:4000],
+        error_code=code,
+        sqlstate=sqlstate,
+        message=message,
         snowflake_query_id=sfqid or getattr(exc, "sfqid", None),
     )
+
+
+def _described(exc: BaseException) -> str:
+    """An exception for a log line: its type, code and scrubbed message (never the raw text)."""
+    code, sqlstate, message = error_summary(exc)
+    return f"{type(exc).__name__} {code or '-'} ({sqlstate or '-'}): {message}"
 
 
 class ConnectionPool:
@@ -217,7 +225,7 @@ def run_statement(
     try:
         conn = pool.acquire(auth.request_id, auth.timeout_s)
     except Exception as exc:  # login failures, DNS, refused connections: the statement never ran
-        log.warning("snowflake unreachable: %s", exc, extra={"request_id": auth.request_id})
+        log.warning("snowflake unreachable: %s", _described(exc), extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, "unreachable", exc)], "unreachable")
     started = time.monotonic()
     box: Future[tuple[str | None, list[str], list[str], list[Any]]] = Future()
@@ -255,10 +263,12 @@ def run_statement(
         pool.release(conn, isinstance(exc, snowflake.connector.errors.ProgrammingError))
         timed_out = getattr(exc, "errno", None) in (604, 630) or "timeout" in str(exc).lower()
         outcome = "timeout" if timed_out else "failed"
-        log.info("statement failed: %s", exc, extra={"request_id": auth.request_id})
+        log.info("statement failed: %s", _described(exc), extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, outcome, exc)], outcome)
-    except BaseException:
+    except BaseException as exc:
         pool.release(conn, healthy=False)
+        if isinstance(exc, Exception):  # fail fast, but the traceback must not carry a value
+            raise RuntimeError(f"statement execution raised {_described(exc)}") from None
         raise
     pool.release(conn, healthy=True)
     elapsed_ms = int((time.monotonic() - started) * 1000)
@@ -422,10 +432,8 @@ class Executor:
             }
             profile = profile.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         if profile is None:
-            outcome = Outcome(
-                [_failed(auth, "failed", ValueError(f"unknown target profile {auth.target.profile!r}"))],
-                "failed",
-            )
+            unknown = f"unknown target profile {auth.target.profile!r}"  # the request's text, not data
+            outcome = Outcome([QueryFailed(**_meta(auth), outcome="failed", message=unknown)], "failed")
         else:
             log.info("running statement", extra={"request_id": rid})
             t = auth.target

@@ -22,6 +22,7 @@ from infra.clients import make_consumer
 from processors.authz import Verifier
 from processors.executor import Executor
 from processors.ledger import Ledger
+from processors.scrub import error_summary
 from querytrail.keys import EventVerifier, SignatureError, event_verifier
 from querytrail.settings import Settings
 from schemas.codec import DecodeError
@@ -87,6 +88,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     from schemas.codec import EventCodec
 
     stop = stop or threading.Event()
+    # the connector's DEBUG records hold statement texts, responses and raw error texts
+    logging.getLogger("snowflake.connector").setLevel(max(logging.INFO, logging.getLogger().level))
     verifier = Verifier.from_pem_files(
         [verify_key_path(settings)], max_age_s=settings.executor.authorization_max_age_s
     )
@@ -243,10 +246,21 @@ def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> 
             previous = [e.table for e in events if not e.deleted]
             log.info("published %d catalog table(s)", len(events))
             retry = _CATALOG_RETRY_S[0]
-        except Exception:
+        except Exception as exc:
             wait = min(retry, wait)
             retry = min(retry * 2, _CATALOG_RETRY_S[1])
-            log.exception(
-                "catalog refresh failed; keeping the previous catalog on the topic, retrying in %.0fs", wait
-            )
+            if type(exc).__module__.startswith("snowflake."):  # its text is Snowflake's: scrubbed
+                code, _, message = error_summary(exc)
+                log.warning(
+                    "catalog refresh failed (%s %s: %s); keeping the previous catalog on the topic, "
+                    "retrying in %.0fs",
+                    type(exc).__name__,
+                    code or "-",
+                    message,
+                    wait,
+                )
+            else:
+                log.exception(
+                    "catalog refresh failed; keeping the previous catalog on the topic, retrying in %.0fs", wait
+                )
         stop.wait(wait)

@@ -216,3 +216,49 @@ def test_spent_nonce_under_another_request_is_refused_and_recorded(
         ("n2", "authorization", "nonce_reused")
     ]
     assert not [e for e in sink.events if isinstance(e, ExecutionStarted) and e.request_id == "n2"]
+
+
+# Raw (unmasked) statements whose casts fail on a seeded value: the emulator quotes the value in
+# its error, and the executor must not let it out (the error-text half of issue 12's item 3).
+FAILING_CASTS = [
+    "select cast(email as int) from analytics.public.customers",
+    "select cast(ssn as int) from analytics.public.customers",
+    "select cast(phone as int) from analytics.public.customers",
+    "select cast(name as date) from analytics.public.customers",
+    "select cast(email as numeric(10, 2)) from analytics.public.customers",
+    "select email::variant::int from analytics.public.customers",
+    "select array_construct(email)[0]::int from analytics.public.customers",
+    "select cast(mfa_secret as double) from security.admin.users",
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sql", FAILING_CASTS)
+def test_failed_cast_error_carries_no_seeded_value(
+    sql: str, fakesnow_profile: SnowflakeProfile, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import snowflake.connector
+
+    from infra.fakesnow_server import connect_kwargs
+    from infra.seed import SEEDED_PII, SEEDED_SECRETS
+
+    seeded = [str(v) for v in (*SEEDED_PII, *SEEDED_SECRETS)]
+    assert fakesnow_profile.port is not None
+    with snowflake.connector.connect(**connect_kwargs(fakesnow_profile.port)) as conn:
+        with pytest.raises(snowflake.connector.errors.ProgrammingError) as raw:
+            conn.cursor().execute(sql)
+    assert [v for v in seeded if v in str(raw.value)], (
+        "the raw error must quote a value, or this proves nothing"
+    )
+
+    caplog.set_level(logging.DEBUG, logger="processors")
+    out = run_statement(auth(sql), fakesnow_profile, Settings(home=tmp_path))
+    [failed] = out.events
+    assert isinstance(failed, QueryFailed) and out.outcome == "failed"
+    assert failed.error_code == str(raw.value.errno) and failed.sqlstate == raw.value.sqlstate
+    assert "<redacted>" in failed.message and failed.message.startswith("Conversion Error:")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "statement failed" in logged
+    assert not [v for v in seeded if v in failed.message or v in logged], failed.message
