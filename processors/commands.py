@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from querytrail.escape import terminal
+
 __all__ = ["register", "register_policy"]
 
 
@@ -103,11 +105,6 @@ def _policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _safe(text: object) -> str:
-    """Escape control characters so crafted SQL or claims cannot drive the terminal."""
-    return "".join(ch if ch == "\n" or ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
-
-
 def _as_text(data: dict[str, Any], approval: Any) -> str:
     lines = [f"decision:        {data['decision'].upper()}"]
     if approval is not None:
@@ -135,7 +132,7 @@ def _as_text(data: dict[str, Any], approval: Any) -> str:
         lines.append("rewritten sql:")
         lines.extend(f"  {line}" for line in data["rewritten_sql"].splitlines())
     lines.append(f"policy sha256:   {data['policy_sha256']}")
-    return _safe("\n".join(lines))
+    return terminal("\n".join(lines), indent="")  # crafted SQL or claims cannot drive the terminal
 
 
 def _policy_lint(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """CLI: ``worker``, ``executor``, ``approvals list|show``, ``approve``, ``deny``.
 
-Everything shown to an approver (prompt, SQL, claims, comments) is untrusted text: ``safe``
-escapes control and format characters (ANSI escapes, bidi overrides, carriage returns) and
-markup, so a crafted prompt cannot repaint the terminal or forge lines of the display.
+Everything shown to an approver (prompt, SQL, claims, comments) is untrusted text, printed
+through ``querytrail.escape.terminal``: control, bidi and invisible characters are shown as
+escapes, so a crafted prompt cannot repaint the terminal or forge lines of the display, and
+everything else, the SQL that will run above all, is shown character for character.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import argparse
 import json
 import os
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "safe"]
+from querytrail.escape import hidden, terminal
+
+__all__ = ["register"]
+
+_FIELD = "    | "  # continuation lines stay visibly inside their field
 
 
 def register(subparsers: Any) -> None:
@@ -47,21 +51,6 @@ def register(subparsers: Any) -> None:
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the judgement")
         p.add_argument("--statement-sha256", help="the hash `approvals show` printed: refuse if it changed")
         p.set_defaults(func=_verdict, verdict=verdict)
-
-
-def safe(text: str | None, multiline: bool = False) -> str:
-    """Untrusted text made inert for a terminal or a web page."""
-    out: list[str] = []
-    for ch in text or "":
-        if ch == "\n" and multiline:
-            out.append("\n    | ")  # every continuation line is visibly part of the field
-        elif ch in "<>&":
-            out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
-        elif unicodedata.category(ch)[0] in ("C", "Z") and ch != " ":
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _settings() -> Any:
@@ -161,8 +150,8 @@ def _list(args: argparse.Namespace) -> int:
         print("no pending approvals")
     for r in rows:
         print(
-            f"{safe(r['request_id'])}  {r['status']:<8} {safe(r['rule'])}  "
-            f"requester={safe(r['requester'])}  approvals={r['approvals']}  expires={r['expires_at']}"
+            f"{terminal(r['request_id'])}  {r['status']:<8} {terminal(r['rule'])}  "
+            f"requester={terminal(r['requester'])}  approvals={r['approvals']}  expires={r['expires_at']}"
         )
     return 0
 
@@ -173,13 +162,13 @@ def _show(args: argparse.Namespace) -> int:
     states, asked = _states(_settings())
     event = asked.get(args.request_id)
     if event is None:
-        print(f"querytrail approvals: no approval for {safe(args.request_id)}", file=sys.stderr)
+        print(f"querytrail approvals: no approval for {terminal(args.request_id)}", file=sys.stderr)
         return 1
     state = states[args.request_id]
     if statement_sha256(event.statement) != event.statement_sha256:
         # the hash is what an approval releases: never show one statement and release another
         print(
-            f"querytrail approvals: the statement of {safe(args.request_id)} does not match its "
+            f"querytrail approvals: the statement of {terminal(args.request_id)} does not match its "
             "sha256; refusing to show it (the approval request is not genuine)",
             file=sys.stderr,
         )
@@ -191,27 +180,32 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps({"status": state.status, "event": to_json_dict(event)}, indent=2, default=str))
         return 0
     lines = [
-        f"request:    {safe(event.request_id)}",
+        f"request:    {terminal(event.request_id)}",
         f"status:     {state.status} ({len(state.approvers)}/{state.min_approvals} approvals)",
-        f"rule:       {safe(event.rule_id)}  approvers: {safe(', '.join(event.approver_groups))}",
+        f"rule:       {terminal(event.rule_id)}  approvers: {terminal(', '.join(event.approver_groups))}",
         f"expires:    {event.expires_at.isoformat()}",
-        f"requester:  {safe(req.subject)} @ {safe(req.issuer)} groups={safe(','.join(req.groups))}",
-        f"claims:     {safe(req.claims_json)}",
-        f"prompt:     {safe(event.prompt, multiline=True)}",
-        f"sql:        {safe(event.sql_text, multiline=True)}",
-        f"will run:   {safe(event.statement, multiline=True)}",
+        f"requester:  {terminal(req.subject)} @ {terminal(req.issuer)} groups={terminal(','.join(req.groups))}",
+        f"claims:     {terminal(req.claims_json)}",
+        f"prompt:     {terminal(event.prompt, indent=_FIELD)}",
+        f"sql:        {terminal(event.sql_text, indent=_FIELD)}",
+        f"will run:   {terminal(event.statement, indent=_FIELD)}",
         f"sha256:     {event.statement_sha256}",
-        "findings:   " + (", ".join(f"{safe(f.code)} ({safe(f.detail)})" for f in event.findings) or "none"),
+        *_hidden_note(event.prompt, event.sql_text, event.statement),
+        "findings:   "
+        + (", ".join(f"{terminal(f.code)} ({terminal(f.detail)})" for f in event.findings) or "none"),
         "masking:    "
         + (
-            ", ".join(f"{safe(m.output)}<-{safe(m.source)} [{safe(m.mask)}]" for m in event.masked_columns)
+            ", ".join(
+                f"{terminal(m.output)}<-{terminal(m.source)} [{terminal(m.mask)}]"
+                for m in event.masked_columns
+            )
             or "none"
         ),
         # what approving hands out unmasked: the approver must see it before saying yes
         "releases raw: "
         + (
             "; ".join(
-                f"{safe(u.column)} ({safe(u.classification)}) by {safe(u.rule)}: {safe(u.reason)}"
+                f"{terminal(u.column)} ({terminal(u.classification)}) by {terminal(u.rule)}: {terminal(u.reason)}"
                 for u in event.unmasked_columns
             )
             or "nothing (every classified column is masked)"
@@ -219,6 +213,14 @@ def _show(args: argparse.Namespace) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _hidden_note(*texts: str | None) -> list[str]:
+    """A line saying escapes are present: the SQL itself may spell ``\\x1b`` as plain text."""
+    n = sum(hidden(t) for t in texts)
+    if not n:
+        return []
+    return [f"note:       {n} control or invisible character(s) above are shown as \\x.. / \\u.... escapes"]
 
 
 def _verdict(args: argparse.Namespace) -> int:
@@ -240,7 +242,7 @@ def _verdict(args: argparse.Namespace) -> int:
     _, asked = _states(settings)
     event = asked.get(args.request_id)
     if event is None:
-        print(f"querytrail: no approval for {safe(args.request_id)}", file=sys.stderr)
+        print(f"querytrail: no approval for {terminal(args.request_id)}", file=sys.stderr)
         return 1
     if statement_sha256(event.statement) != event.statement_sha256:
         print("querytrail: the pending statement does not match its sha256; not sending", file=sys.stderr)
@@ -263,5 +265,5 @@ def _verdict(args: argparse.Namespace) -> int:
         print(f"{args.verdict} sent ({sent.event_id}); no judgement within {args.wait:.0f}s")
         return 3
     state = "accepted" if judged.accepted else "refused"
-    print(f"{args.verdict} {state}: {safe(judged.reason)}")
+    print(f"{args.verdict} {state}: {terminal(judged.reason)}")
     return 0 if judged.accepted else 1

@@ -151,7 +151,7 @@ def _quote(text: str) -> str:
 
 def _redecide(args: argparse.Namespace, settings: Any, load_events: Any, redecide: Any) -> int:
     from processors.policy import PolicyError, load_policy
-    from sinks.replay import escape
+    from querytrail.escape import terminal
 
     try:
         policy = load_policy(args.policy)
@@ -164,13 +164,13 @@ def _redecide(args: argparse.Namespace, settings: Any, load_events: Any, redecid
     if args.format == "json":
         print(json.dumps({"policy_sha256": policy.sha256, "changes": changes}, default=str, indent=2))
         return 0
-    print(f"{len(changes)} request(s) would be decided differently under {escape(args.policy)}")
+    print(f"{len(changes)} request(s) would be decided differently under {terminal(args.policy)}")
     for c in changes:
         print(
-            f"{c['requested_at'].isoformat()} {escape(c['request_id'])} {escape(c['subject'])}: "
+            f"{c['requested_at'].isoformat()} {terminal(c['request_id'])} {terminal(c['subject'])}: "
             f"{c['old_decision']} {c['old_rules']} -> {c['new_decision']} {c['new_rules']}"
         )
-        print(f"    sql: {escape(c['sql'], 300)}")
+        print(f"    sql: {terminal(c['sql'], 300)}")
     return 0
 
 

@@ -1,19 +1,20 @@
 """``querytrail replay``: one request's whole story from the log, and re-deciding under a new policy.
 
-Everything printed from an event (prompt, SQL, claims, comments, rows) is untrusted text: control
-and formatting characters (ANSI escapes, newlines, bidi overrides) are shown escaped so a crafted
-prompt cannot forge lines of the display.
+Everything printed from an event (prompt, SQL, claims, comments, rows) is untrusted text, printed
+through ``querytrail.escape.terminal``: control and invisible characters (ANSI escapes, newlines,
+bidi overrides) are shown escaped so a crafted prompt cannot forge lines of the display.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-__all__ = ["escape", "redecide", "request_story", "story_json", "story_text"]
+from querytrail.escape import terminal
+
+__all__ = ["redecide", "request_story", "story_json", "story_text"]
 
 _TOPIC_ORDER = (
     "requests",
@@ -25,27 +26,6 @@ _TOPIC_ORDER = (
     "catalog",
     "deadletter",
 )
-
-
-def escape(text: Any, limit: int | None = None) -> str:
-    """Untrusted text made safe for a terminal: control/format characters shown as escapes."""
-    s = "" if text is None else str(text)
-    out = []
-    for ch in s:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    result = "".join(out)
-    if limit is not None and len(result) > limit:
-        result = result[: limit - 1] + "…"
-    return result
 
 
 def _order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -175,15 +155,15 @@ def _lines(et: str, e: dict[str, Any]) -> list[str]:
 
 def story_text(request_id: str, story: list[dict[str, Any]], width: int = 400) -> str:
     if not story:
-        return f"request {escape(request_id)}: no events in the audit log"
-    lines = [f"request {escape(request_id)}: {len(story)} events"]
+        return f"request {terminal(request_id)}: no events in the audit log"
+    lines = [f"request {terminal(request_id)}: {len(story)} events"]
     for item in story:
         at = item["occurred_at"]
         when = at.isoformat() if isinstance(at, datetime) else str(at)
         lines.append(
-            f"{when}  {escape(item['event_type'])}  [{item['topic']}:{item['partition']}@{item['offset']}]"
+            f"{when}  {terminal(item['event_type'])}  [{item['topic']}:{item['partition']}@{item['offset']}]"
         )
-        lines += [f"    {escape(line, width)}" for line in _lines(item["event_type"], item["event"])]
+        lines += [f"    {terminal(line, width)}" for line in _lines(item["event_type"], item["event"])]
     return "\n".join(lines)
 
 

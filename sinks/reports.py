@@ -114,7 +114,7 @@ def _plain(value: Any) -> Any:
 
 def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "table") -> str:
     """Rows as a text table, JSON (a list of objects) or CSV; untrusted text is escaped."""
-    from sinks.replay import escape
+    from querytrail.escape import terminal
 
     if fmt == "json":
         return json.dumps(
@@ -127,7 +127,7 @@ def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "tab
         for r in rows:
             writer.writerow([json.dumps(v) if isinstance(v, list) else v for v in map(_plain, r)])
         return buf.getvalue()
-    cells = [[escape(_cell(v), 60) for v in r] for r in rows]
+    cells = [[terminal(_cell(v), 60) for v in r] for r in rows]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

@@ -113,8 +113,8 @@ def test_privileged_query_waits_and_only_a_valid_approver_releases_it(
         assert rid in listed.stdout, listed.stderr
         shown = pipeline.cli("approvals", "show", rid)
         assert "privileged-needs-approval" in shown.stdout and "USERNAME" in shown.stdout
-        assert "\x1b" not in shown.stdout and "<b>" not in shown.stdout  # untrusted text escaped
-        assert "\n    | status: APPROVED" in shown.stdout  # a forged line stays inside the field
+        assert "\x1b" not in shown.stdout and "admin?\\x1b[2J" in shown.stdout  # escaped for a terminal
+        assert "\n    | status: APPROVED <b>" in shown.stdout  # a forged line stays inside the field
 
         selfie = pipeline.cli("approve", rid, "--token", requester)
         assert selfie.returncode == 1 and "self_approval" in selfie.stdout, selfie.stdout + selfie.stderr

@@ -7,26 +7,93 @@ from concurrent.futures import Future
 import pytest
 
 from processors.executor_service import InOrderCommits, _Committer
-from processors.pipeline_commands import safe
+from querytrail.escape import hidden, terminal
+from schemas.events import ApprovalRequested, VerifiedIdentity, new_event_id, producer, utcnow
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("plain SELECT 1", "plain SELECT 1"),
-        ("\x1b[2Jgone", "\\u001b[2Jgone"),
-        ("line\rover", "line\\u000dover"),
+        ("\x1b[2Jgone", "\\x1b[2Jgone"),
+        ("line\rover", "line\\x0dover"),
         ("a\u202eevil", "a\\u202eevil"),  # bidi override
-        ("<b>&", "&lt;b&gt;&amp;"),
-        ("two\nlines", "two\\u000alines"),
+        ("<b>&", "<b>&"),  # a terminal is not a web page: markup is shown as it is
+        ("where a < b and c <> 'x&y'", "where a < b and c <> 'x&y'"),
+        ("regexp '\\d+'", "regexp '\\d+'"),  # backslashes are not doubled
+        ("two\nlines\ttab", "two\\nlines\\ttab"),
+        (
+            "del\x7f c1\x9b nbsp\u00a0 zwsp\u200b lrm\u200e alm\u061c",
+            "del\\x7f c1\\x9b nbsp\\xa0 zwsp\\u200b lrm\\u200e alm\\u061c",
+        ),
+        (
+            "isolate\u2066x\u2069 sep\u2028 bom\ufeff vs\ufe0f tag\U000e0041",
+            "isolate\\u2066x\\u2069 sep\\u2028 bom\\ufeff vs\\ufe0f tag\\U000e0041",
+        ),
+        ("é ß 東京 😀", "é ß 東京 😀"),  # visible text is untouched
+        (None, ""),
     ],
 )
-def test_safe_makes_untrusted_text_inert(text: str, expected: str) -> None:
-    assert safe(text) == expected
+def test_terminal_escapes_only_what_a_terminal_acts_on_or_hides(text: str | None, expected: str) -> None:
+    assert terminal(text) == expected
 
 
-def test_safe_multiline_keeps_lines_inside_the_field() -> None:
-    assert safe("SELECT 1\nstatus: APPROVED", multiline=True) == "SELECT 1\n    | status: APPROVED"
+def test_terminal_keeps_lines_inside_the_field_when_asked() -> None:
+    assert terminal("SELECT 1\nstatus: APPROVED\tx", indent="    | ") == "SELECT 1\n    | status: APPROVED\tx"
+    assert terminal("a\r\nb", indent="") == "a\\x0d\nb"
+
+
+def test_terminal_limit_never_cuts_an_escape() -> None:
+    assert terminal("abcdef", 6) == "abcdef" and terminal("abcdefg", 6) == "abcde…"
+    assert terminal("abc\x1bdef", 6) == "abc…"
+    assert hidden("a\u202eb\x1b\n\t") == 2
+
+
+def _approval(statement: str, prompt: str) -> ApprovalRequested:
+    from processors.authz import statement_sha256
+
+    return ApprovalRequested(
+        event_id=new_event_id(),
+        request_id="r1",
+        occurred_at=utcnow(),
+        producer=producer("worker"),
+        statement_sha256=statement_sha256(statement),
+        statement=statement,
+        rule_id="privileged",
+        approver_groups=("data-security",),
+        min_approvals=1,
+        expires_at=utcnow(),
+        requester=VerifiedIdentity(
+            subject="ci", issuer="https://issuer", groups=(), claims_json="{}", token_sha256="00"
+        ),
+        prompt=prompt,
+        sql_text=statement,
+        findings=(),
+        masked_columns=(),
+    )
+
+
+def test_approvals_show_prints_the_statement_exactly_and_escapes_controls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from processors import pipeline_commands
+    from processors.approvals import evolve
+
+    statement = "SELECT a, b FROM t WHERE a < b AND c <> '&amp;'\nAND d = '\x1b[31mred' -- \u202eevil"
+    event = _approval(statement, "rows where a < b")
+    monkeypatch.setattr(pipeline_commands, "_settings", lambda: None)
+    monkeypatch.setattr(pipeline_commands, "_states", lambda _s: ({"r1": evolve(None, event)}, {"r1": event}))
+    assert pipeline_commands._show(argparse.Namespace(request_id="r1", json=False)) == 0
+    out = capsys.readouterr().out
+    assert (
+        "will run:   SELECT a, b FROM t WHERE a < b AND c <> '&amp;'\n    | AND d = '\\x1b[31mred' -- \\u202eevil"
+        in out
+    )
+    assert "prompt:     rows where a < b" in out and "&lt;" not in out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "note:       4 control or invisible character(s)" in out  # twice in sql and statement
 
 
 def test_commits_only_contiguous_done_offsets() -> None:

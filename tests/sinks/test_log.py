@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from sinks.replay import escape, request_story, story_text
+from querytrail.escape import terminal
+from sinks.replay import request_story, story_text
 from sinks.reports import run_report, run_sql
 from sinks.table import open_table, state_of
 
@@ -119,7 +120,7 @@ def test_replay_tells_the_story_in_order(log_settings) -> None:  # type: ignore[
 
 def test_escape_defuses_terminal_forgery() -> None:
     crafted = "ok\n2026-01-01  PolicyDecided\x1b[2K\u202edecision: allow"
-    shown = escape(crafted)
+    shown = terminal(crafted)
     assert "\n" not in shown and "\x1b" not in shown and "\u202e" not in shown
     assert shown == "ok\\n2026-01-01  PolicyDecided\\x1b[2K\\u202edecision: allow"
 
