@@ -1,4 +1,8 @@
-"""``analyse``: parse once, qualify against the catalog, trace lineage, run the finding rules."""
+"""``analyse``: parse once, qualify against the catalog, trace lineage, run the finding rules.
+
+Each step runs within a ``Budget`` (``analysis/budget.py``): a text or statement too large to
+analyse in bounded time is refused with ``analysis_budget_exceeded`` instead of stalling.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.optimizer.qualify_columns import qualify_columns
 from sqlglot.optimizer.qualify_tables import qualify_tables
+from sqlglot.tokens import TokenType
 
+from processors.analysis.budget import Budget, BudgetExceeded, measure, rebalance_connectors
 from processors.analysis.columns import collect_outputs, collect_predicates, output_names, star_selects
 from processors.analysis.context import Context
 from processors.analysis.fingerprint import fingerprint
-from processors.analysis.kinds import statement_kind
+from processors.analysis.kinds import SNOWFLAKE, statement_kind
 from processors.analysis.lineage import Lineage
 from processors.analysis.model import Analysis, Classifier, Finding
 from processors.analysis.tables import collect_tables
@@ -56,7 +62,7 @@ def _qualify(ctx: Context, database: str | None, schema: str | None) -> None:
         )
 
 
-def _analyse_one(ctx: Context, database: str | None, schema: str | None) -> None:
+def _analyse_one(ctx: Context, budget: Budget, database: str | None, schema: str | None) -> None:
     if ctx.node is None:
         return
     if ctx.kind == "set":
@@ -67,32 +73,75 @@ def _analyse_one(ctx: Context, database: str | None, schema: str | None) -> None
         ctx.node = sub.this
     elif ctx.kind not in _TRACED:
         return
-    names = output_names(ctx.node) if ctx.kind == "select" else []
     try:
+        shape, chains = measure(ctx.node)
+        if chains and rebalance_connectors(chains):
+            shape, _ = measure(ctx.node)
+        budget.check_shape(shape)
+        names = output_names(ctx.node) if ctx.kind == "select" else []
         _qualify(ctx, database, schema)
-        ctx.lineage = Lineage(ctx.node, ctx.catalog)
+        budget.check_time("qualification")
+        ctx.lineage = Lineage(ctx.node, ctx.catalog, lambda fq: ctx.classification(fq) is not None)
         collect_tables(ctx)
         if ctx.kind == "select":
             collect_outputs(ctx, names)
         collect_predicates(ctx)
+        budget.check_time("lineage")
+    except BudgetExceeded as exc:
+        _give_up(ctx)
+        ctx.budget_error = str(exc)
+        log.info("analysis over budget: %s", exc)
     except (SqlglotError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         # sqlglot refuses (or trips over) some valid-looking SQL: fail closed, never "no findings"
+        _give_up(ctx)
         ctx.parse_error = f"cannot analyse: {type(exc).__name__}: {str(exc)[:200]}"
-        ctx.outputs.clear()
-        ctx.failed = True
         log.info("analysis failed: %s", ctx.parse_error)
 
 
-def _parse(sql: str) -> tuple[list[exp.Expr], str | None]:
+def _give_up(ctx: Context) -> None:
+    ctx.outputs.clear()
+    ctx.failed = True
+
+
+def _pieces(sql: str) -> list[str]:
+    """The text split at Snowflake's ``->>`` pipe operator (outside strings and comments).
+
+    ``show tables ->> select * from $1`` is two statements, the second reading the first's
+    result: each is analysed on its own, and together they are a multi-statement request.
+    """
+    if "->>" not in sql:
+        return [sql]
     try:
-        parsed = [e for e in sqlglot.parse(sql, dialect="snowflake") if e is not None]
-    except SqlglotError as exc:
-        return [], str(exc).splitlines()[0][:300]
-    except (RecursionError, ValueError, TypeError) as exc:  # e.g. thousands of nested parentheses
-        return [], f"cannot parse: {type(exc).__name__}"
-    if not parsed:
-        return [], "no statement"
-    return parsed, None
+        tokens = SNOWFLAKE.tokenize(sql)
+    except SqlglotError:
+        return [sql]  # the parse reports it
+    cuts = [t for t in tokens if t.token_type == TokenType.DARROW]
+    out, start = [], 0
+    for t in cuts:
+        out.append(sql[start : t.start])
+        start = t.end + 1
+    out.append(sql[start:])
+    return out
+
+
+def _parse(sql: str) -> tuple[list[exp.Expr], str | None, int]:
+    """The statements of the text (comment-only ones dropped), an error, and the pipe count."""
+    pieces = _pieces(sql)
+    parsed: list[exp.Expr] = []
+    for piece in pieces:
+        try:
+            found = sqlglot.parse(piece, dialect="snowflake")
+        except SqlglotError as exc:
+            return [], str(exc).splitlines()[0][:300], 0
+        except (RecursionError, ValueError, TypeError) as exc:  # e.g. thousands of nested parentheses
+            return [], f"cannot parse: {type(exc).__name__}", 0
+        # ``select 1; -- done``: sqlglot keeps the trailing comment as an empty statement
+        # (exp.Semicolon) that runs nothing, so it does not make the text multi-statement
+        statements = [e for e in found if e is not None and not isinstance(e, exp.Semicolon)]
+        if not statements:
+            return [], "no statement" if len(pieces) == 1 else "empty statement in a ->> pipe", 0
+        parsed.extend(statements)
+    return parsed, None, len(pieces) - 1
 
 
 def analyse(
@@ -115,31 +164,49 @@ def analyse(
     """
     from processors.analysis.findings import run_rules
 
+    budget = Budget()
     fp = fingerprint(sql)
-    parsed, error = _parse(sql)
     contexts: list[Context] = []
+    try:
+        budget.check_text(sql)
+        parsed, error, pipes = _parse(sql)
+        budget.check_time("parsing")
+    except BudgetExceeded as exc:
+        parsed, error, pipes = [], None, 0
+        contexts.append(
+            Context(sql, None, "unknown", catalog, classifier, budget_error=str(exc), failed=True)
+        )
     if error is not None:
         ctx = Context(sql, None, "unknown", catalog, classifier, parse_error=error)
         contexts.append(ctx)
     for node in parsed:
         ctx = Context(sql, node, statement_kind(node), catalog, classifier)
-        _analyse_one(ctx, database, schema)
         contexts.append(ctx)
+        try:
+            budget.check_statements(len(contexts))
+            budget.check_time(f"statement {len(contexts)}")
+        except BudgetExceeded as exc:  # the statements before used it all: analyse no more
+            _give_up(ctx)
+            ctx.budget_error = str(exc)
+            break
+        _analyse_one(ctx, budget, database, schema)
     findings: list[Finding] = []
     for ctx in contexts:
         for f in run_rules(ctx):
             if f not in findings:
                 findings.append(f)
-    multi = len(contexts) > 1
+    count = max(len(contexts), len(parsed))  # statements left unanalysed over budget count too
+    multi = count > 1
     if multi:
-        findings.insert(0, Finding("multi_statement", f"{len(contexts)} statements in one request"))
+        how = f", chained with ->> ({pipes} pipe{'s' if pipes > 1 else ''})" if pipes else ""
+        findings.insert(0, Finding("multi_statement", f"{count} statements in one request{how}"))
     read = set().union(*(c.tables_read for c in contexts))
     written = set().union(*(c.tables_written for c in contexts))
     scanned = set().union(*(c.scanned for c in contexts))
     # whole-table bytes of every table scanned (no selectivity guess); unknown (None) as soon
     # as one scanned table is unresolved or has no statistics, so a size rule never passes on it
     est: int | None = None
-    if error is None and not any(c.failed or c.kind == "unknown" for c in contexts):
+    if error is None and contexts and not any(c.failed or c.kind == "unknown" for c in contexts):
         infos = [catalog.table(name) for name in sorted(scanned)]
         if all(t is not None and t.bytes is not None for t in infos):
             est = sum(t.bytes or 0 for t in infos if t is not None)

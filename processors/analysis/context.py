@@ -33,6 +33,7 @@ class Context:
     predicates: Sources = field(default_factory=dict)
     star_selects: dict[int, frozenset[str]] = field(default_factory=dict)  # id(select) -> explicit names
     parse_error: str | None = None
+    budget_error: str | None = None  # analysis_budget_exceeded: the limit it ran into
     failed: bool = False  # analysis gave up part-way: nothing here may be trusted for masking
 
     _index: dict[type, list[Any]] | None = None

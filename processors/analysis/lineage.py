@@ -3,7 +3,9 @@
 Works on the output of ``sqlglot.optimizer.qualify`` (every column carries its source alias,
 stars are expanded where the catalog knows the table) and its scopes. A column reaches a
 catalog column through aliases, CTEs, derived tables, set operations (by position), scalar
-subqueries and lateral FLATTEN (the flattened values are the input column's values).
+subqueries, lateral FLATTEN (the flattened values are the input column's values), ``VALUES``
+rows (by name or by ``$n`` position) and ``PIVOT`` (a pivoted cell carries the aggregated and
+the pivot columns; the other columns pass through).
 
 A source is *pass-through* when the value reaches the output unchanged apart from case,
 trimming or a cast; anything else (concatenation, SPLIT_PART, CASE, aggregates, ...) makes it
@@ -14,7 +16,7 @@ classification by column-name glob keeps applying (fail closed).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -63,6 +65,8 @@ class Lineage:
 
     root: exp.Expr
     catalog: Catalog
+    # is this catalog column classified? A PIVOT over a classified column stays unresolved
+    classified: Callable[[str], bool] = lambda fq: False
     scopes: list[Scope] = field(init=False)
     unresolved_tables: set[str] = field(default_factory=set)
     unresolved_columns: set[str] = field(default_factory=set)
@@ -118,8 +122,12 @@ class Lineage:
         if not alias:
             return self._unqualified(scope, col, sources)
         src = sources.get(alias) if sources is not None else self._lookup(scope, alias)
+        if src is None and sources is None:
+            pivoted = self._pivot_sources(scope, alias, name)
+            if pivoted is not None:
+                return pivoted
         if src is None:
-            # e.g. a PIVOT output: never treat what cannot be traced as clean
+            # never treat what cannot be traced as clean
             self.unresolved_columns.add(f"{alias}.{name}")
             return {OPAQUE: False}
         return self._from_source(src, name)
@@ -155,6 +163,9 @@ class Lineage:
             elif isinstance(src, Scope) and isinstance(src.expression, _SUBQUERY):
                 for i in range(len(src.expression.named_selects)):
                     _merge(out, self.position_sources(src, i), passthrough=False)
+            elif isinstance(src, Scope) and isinstance(src.expression, exp.Values):
+                for i in range(len(self._values_names(src.expression))):
+                    _merge(out, self.values_sources(src, src.expression, i), passthrough=False)
             else:
                 out[OPAQUE] = False
         return out
@@ -213,6 +224,71 @@ class Lineage:
             return out
         return self.projection_sources(src, name)
 
+    def _pivot_sources(self, scope: Scope | None, alias: str, name: str) -> Sources | None:
+        """``p.name`` where ``p`` is the alias of a PIVOT in this scope's FROM/JOINs, else None.
+
+        A pivoted cell (a name in the pivot's output columns) is an aggregate of the
+        aggregated columns over the rows whose pivot column matched: it derives from both.
+        Any other name is a grouping column of the pivoted source and passes through. A
+        PIVOT over a classified column, an UNPIVOT or a chain of pivots stays unresolved.
+        """
+        select = scope.expression if scope is not None else None
+        if not isinstance(select, exp.Select):
+            return None
+        from_ = select.args.get("from_")
+        nodes = [from_.this] if isinstance(from_, exp.From) else []
+        nodes += [j.this for j in select.args.get("joins") or []]
+        for node in nodes:
+            pivots = node.args.get("pivots") or []
+            if not pivots or pivots[-1].alias != alias:
+                continue
+            pivot = pivots[0]
+            source = self._lookup(scope, node.alias_or_name)
+            if len(pivots) > 1 or pivot.args.get("unpivot") or source is None:
+                self.unresolved_columns.add(f"{alias}.{name}")
+                return {OPAQUE: False}
+            inputs = [*pivot.expressions, *(f.this for f in pivot.args.get("fields") or [])]
+            if name in {c.name for c in pivot.args.get("columns") or []}:
+                out: Sources = {}
+                for part in inputs:
+                    _merge(out, self.expr_sources(scope, part), passthrough=False)
+                    for col in part.find_all(exp.Column):  # COUNT(x) carries no value, yet pivots on x
+                        _merge(out, self.column_sources(scope, col), passthrough=False)
+                hidden = sorted(fq for fq in out if fq != OPAQUE and self.classified(fq))
+                if hidden:
+                    self.unresolved_columns.add(f"{alias}.{name} (PIVOT over classified {', '.join(hidden)})")
+                    out[OPAQUE] = False
+                return out
+            used = {c.name for part in inputs for c in part.find_all(exp.Column)}
+            if name in used:
+                self.unresolved_columns.add(f"{alias}.{name}")
+                return {OPAQUE: False}
+            return self._from_source(source, name)
+        return None
+
+    def values_sources(self, scope: Scope, values: exp.Values, index: int) -> Sources:
+        """Sources of the ``index``-th column of ``VALUES (...), (...)``: constants have none."""
+        out: Sources = {}
+        for row in values.expressions:
+            items = row.expressions if isinstance(row, exp.Tuple) else [row]
+            if index >= len(items):
+                self.unresolved_columns.add(f"VALUES column {index + 1}")
+                return {OPAQUE: False}
+            item = items[index]
+            if item.find(exp.Column, exp.Query, exp.Parameter, exp.DynamicIdentifier, exp.Star) is None:
+                continue  # a constant
+            if any(self.scope_for(q) is None for q in item.find_all(exp.Select, exp.SetOperation)):
+                self.unresolved_columns.add(f"VALUES column {index + 1}")
+                out[OPAQUE] = False
+                continue
+            _merge(out, self.expr_sources(scope, item))
+        return out
+
+    @staticmethod
+    def _values_names(values: exp.Values) -> list[str]:
+        alias = values.args.get("alias")
+        return [c.name for c in alias.columns] if isinstance(alias, exp.TableAlias) else []
+
     def projection_sources(self, scope: Scope, name: str) -> Sources:
         """Sources of the projection ``name`` of a query scope (set operations by position)."""
         expr = scope.expression
@@ -227,6 +303,12 @@ class Lineage:
                 self.unresolved_columns.add(name)
                 return {OPAQUE: False}
             return self.position_sources(scope, index)
+        if isinstance(expr, exp.Values):
+            names = self._values_names(expr)
+            if name in names:
+                return self.values_sources(scope, expr, names.index(name))
+            self.unresolved_columns.add(name)
+            return {OPAQUE: False}
         if not isinstance(expr, exp.Select):
             return {}
         for proj in expr.selects:
@@ -303,6 +385,10 @@ class Lineage:
         elif isinstance(src, Scope) and isinstance(src.expression, _SUBQUERY):
             if 0 <= index < len(src.expression.named_selects):
                 return dict(self.position_sources(src, index))
+        elif isinstance(src, Scope) and isinstance(src.expression, exp.Values):
+            width = len(self._values_names(src.expression))
+            if 0 <= index < width:  # SELECT $1 FROM VALUES (1), (2)
+                return self.values_sources(src, src.expression, index)
         self.unresolved_columns.add(node.sql("snowflake"))
         return {OPAQUE: False}
 

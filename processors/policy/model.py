@@ -38,7 +38,7 @@ FINDING_CODES: frozenset[str] = frozenset(
         "unbounded_write", "full_table_scan", "cartesian_join", "select_star_sensitive",
         "privileged_table", "role_change", "data_export", "dynamic_sql", "sensitive_predicate",
         "parse_error", "multi_statement", "unknown_statement", "unresolved_table",
-        "unresolved_column", "select_star_unknown",
+        "unresolved_column", "select_star_unknown", "unparsed_statement", "analysis_budget_exceeded",
     }
 )  # fmt: skip
 # Findings that deny whatever the rules say: the engine could not understand the statement, so
@@ -51,6 +51,8 @@ FAIL_CLOSED_FINDINGS: frozenset[str] = frozenset(
         "unresolved_table",
         "unresolved_column",
         "select_star_unknown",
+        "unparsed_statement",  # raw text sqlglot could not parse: what it does is unknown
+        "analysis_budget_exceeded",  # too large to analyse in bounded time
     }
 )
 DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from processors.analysis.findings.analysis_budget_exceeded import analysis_budget_exceeded
 from processors.analysis.findings.cartesian_join import cartesian_join
 from processors.analysis.findings.data_export import data_export
 from processors.analysis.findings.dynamic_sql import dynamic_sql
@@ -20,6 +21,7 @@ from processors.analysis.findings.select_star_unknown import select_star_unknown
 from processors.analysis.findings.sensitive_predicate import sensitive_predicate
 from processors.analysis.findings.unbounded_write import unbounded_write
 from processors.analysis.findings.unknown_statement import unknown_statement
+from processors.analysis.findings.unparsed_statement import unparsed_statement
 from processors.analysis.findings.unresolved_column import unresolved_column
 from processors.analysis.findings.unresolved_table import unresolved_table
 from processors.analysis.model import Finding
@@ -33,6 +35,8 @@ Rule = Callable[["Context"], Iterable[Finding]]
 
 RULES: tuple[Rule, ...] = (
     parse_error,
+    analysis_budget_exceeded,
+    unparsed_statement,
     unknown_statement,
     unresolved_table,
     unresolved_column,

@@ -31,7 +31,7 @@ def data_export(ctx: Context) -> Iterator[Finding]:
         yield Finding("data_export", f"COPY INTO location {node.this.sql('snowflake')}")
     elif isinstance(node, exp.Put):
         yield Finding("data_export", "PUT uploads files to a stage")
-    elif command_words(node)[:1] == ["GET"]:
+    elif isinstance(node, exp.Get) or command_words(node)[:1] == ["GET"]:
         yield Finding("data_export", "GET downloads stage files")
     elif isinstance(node, (exp.Create, exp.Alter)):
         kind = str(node.args.get("kind") or "").upper()
