@@ -71,9 +71,48 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(b"".join(chunks) or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    _check_values(body)
     return body
+
+
+_MAX_DEPTH = 32
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_values(body: Any) -> None:
+    """422 for what JSON allows but the events cannot carry: lone surrogates (no UTF-8),
+    integers beyond int64 (Avro ``long``), nesting deeper than ``_MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ApiError(422, "invalid_request", f"the body is nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(value, str):
+            _utf8(value)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise ApiError(422, "invalid_request", "an integer is outside the 64-bit range")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _utf8(k)
+                stack.append((v, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            422, "invalid_request", "a string holds a lone surrogate (not valid Unicode)"
+        ) from None
 
 
 def _str(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -110,9 +149,11 @@ def _context(raw: Any, identity: Identity) -> Any:
     raw = raw if raw is not None else {}
     if not isinstance(raw, dict) or not all(isinstance(v, str | int) for v in raw.values()):
         raise ApiError(422, "invalid_request", "'context' must be an object of strings")
-    values = {k: str(v) for k, v in raw.items()}
+    # ``caller.*`` is reserved for what _context keeps apart below: a caller cannot set it
+    values = {k: str(v) for k, v in raw.items() if not k.startswith("caller.")}
     known = {k: values.pop(k, None) for k in _CONTEXT_FIELDS}
-    # Verified claims fill what the caller left out; caller-supplied context stays as given.
+    # Verified claims win: the caller's own value, where it differs, is kept apart in ``extra``
+    # under ``caller.<name>`` (never in the columns and reports that name the verified one).
     verified = {
         "repository": identity.repository,
         "workflow": identity.workflow,
@@ -122,7 +163,10 @@ def _context(raw: Any, identity: Identity) -> Any:
         "actor": identity.actor,
     }
     for name, value in verified.items():
-        known[name] = known[name] or value
+        given = known[name]
+        if value is not None and given is not None and given != value:
+            values[f"caller.{name}"] = given
+        known[name] = value or given
     return ClientContext(**known, extra=values)
 
 

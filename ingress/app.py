@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -76,6 +80,8 @@ class _Ingress:
         prefix = settings.kafka.topic_prefix
         self.topics = {s: f"{prefix}.{s}" for s in ("requests", "results", "actions", "decisions")}
         self.index = OutcomeIndex(settings.ingress.index_max_requests)
+        self.idempotency_secret = _idempotency_secret(self.signing_key)
+        self.refusals = RefusalLimiter(_REFUSALS_PER_MINUTE)
         self.indexer = OutcomeIndexer(settings, self.index, self.codec)
         self.producer: Any = None
 
@@ -139,12 +145,60 @@ class _Ingress:
 
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c9a7e-8f55-4c6e-9d0b-6a51f1f0c2d4")  # querytrail's, fixed
+_REFUSALS_PER_MINUTE = 60  # recorded 401s per client address; past it: 429, nothing published
 
 
-def idempotent_request_id(issuer: str, subject: str, key: str) -> str:
-    """The request id of a caller's Idempotency-Key: the same for every retry, per caller."""
-    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{issuer}\n{subject}\n{key}"))
+def _idempotency_secret(signing_key: Any) -> bytes:
+    """A secret every ingress replica derives alike from the attestation key, and nobody else."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = signing_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return hmac.new(raw, b"querytrail idempotency request ids v1", hashlib.sha256).digest()
+
+
+def idempotent_request_id(secret: bytes, issuer: str, subject: str, key: str) -> str:
+    """The request id of a caller's Idempotency-Key: the same for every retry, per caller.
+
+    Keyed with the ingress's secret over the caller's *verified* issuer and subject, so nobody
+    can compute another caller's id and take it first on the Kafka path.
+    """
+    digest = hmac.new(secret, f"{issuer}\n{subject}\n{key}".encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def body_fingerprint(body: dict[str, Any]) -> str:
+    """SHA-256 of a request body's canonical JSON: what an Idempotency-Key retry must repeat."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class RefusalLimiter:
+    """Per client address, how many refused (401) callers are recorded a minute (token bucket).
+
+    Every refusal is otherwise a QueryRejected on the results topic: a flood of bad tokens would
+    fill the log; past the limit the caller gets 429 and nothing is published (it is logged).
+    """
+
+    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
+        self._rate = per_minute / 60.0
+        self._burst = float(per_minute)
+        self._max = max_clients
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.get(client, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - at) * self._rate)
+            if len(self._buckets) >= self._max and client not in self._buckets:
+                self._buckets = {c: b for c, b in self._buckets.items() if b[0] < self._burst}
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                return False
+            self._buckets[client] = (tokens - 1.0, now)
+            return True
 
 
 def _state(request: Request) -> _Ingress:
@@ -161,6 +215,12 @@ async def post_query(request: Request) -> JSONResponse:
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
+        client = request.client.host if request.client else "unknown"
+        if err.code != "issuer_unavailable" and not ing.refusals.allow(client):
+            log.warning("refused caller not recorded (rate limit of %s): %s", client, err.code)
+            resp = _error(429, "too_many_refusals", "too many refused requests from this address")
+            resp.headers["Retry-After"] = "60"
+            return resp
         log.info("refused caller: %s", err.code, extra={"request_id": request_id})
         await run_in_threadpool(ing.reject_identity, request_id, token, err)
         return _refused(err, request_id=request_id)
@@ -170,8 +230,12 @@ async def post_query(request: Request) -> JSONResponse:
             return _error(400, "bad_idempotency_key", "Idempotency-Key: 1-200 printable ASCII characters")
         # A retry (the 202 was lost: a timeout, a restarted ingress) gets the same request id,
         # so the worker decides it once; scoped to the caller, so keys never collide across callers.
-        request_id = idempotent_request_id(identity.issuer, identity.subject, key)
+        request_id = idempotent_request_id(ing.idempotency_secret, identity.issuer, identity.subject, key)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
+    fingerprint = body_fingerprint(body) if key is not None else None
+    if fingerprint is not None and ing.index.fingerprint_conflicts(request_id, fingerprint):
+        log.warning("Idempotency-Key reused with another body", extra={"request_id": request_id})
+        return _error(409, "idempotency_key_reused", "this Idempotency-Key was sent before with another body")
     event = build_query(
         body,
         request_id=request_id,
@@ -181,7 +245,7 @@ async def post_query(request: Request) -> JSONResponse:
         key_id=ing.key_id,
     )
     await run_in_threadpool(ing.publish, "requests", event)
-    ing.index.note_request(request_id, (identity.issuer, identity.subject))
+    ing.index.note_request(request_id, (identity.issuer, identity.subject), fingerprint)
     log.info("accepted request from %s", identity.subject, extra={"request_id": request_id})
     return JSONResponse({"request_id": request_id, "status": "accepted"}, status_code=202)
 
@@ -228,6 +292,13 @@ async def post_action(request: Request) -> JSONResponse:
         return _refused(err)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
     event = build_action(body, identity=identity)
+    # the ownership rule of GET: only the requester (or an auditor) reports on a known request
+    snap = ing.index.get(event.request_id)
+    auditors = ing.settings.ingress.auditor_groups
+    if snap is None or (snap["requester"] is None and not _may_read(identity, None, auditors)):
+        return _error(404, "not_found", f"no request {event.request_id} known")
+    if snap["requester"] is not None and not _may_read(identity, snap["requester"], auditors):
+        return _error(403, "forbidden", "this request belongs to another caller")
     await run_in_threadpool(ing.publish, "actions", event)
     log.info("action reported by %s", identity.subject, extra={"request_id": event.request_id})
     return JSONResponse({"request_id": event.request_id, "event_id": event.event_id}, status_code=202)

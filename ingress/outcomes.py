@@ -35,6 +35,7 @@ class RequestOutcome:
     rejected: dict[str, Any] | None = None
     pages: dict[int, list[Any]] = field(default_factory=dict)
     last_page: int | None = None
+    fingerprint: str | None = None  # of the body sent with an Idempotency-Key (ingress.app)
     updated_at: float = field(default_factory=time.monotonic)
 
     def apply(self, event: Any) -> None:
@@ -155,6 +156,11 @@ class RequestOutcome:
         return out
 
 
+def _unsolicited(event: Any) -> bool:
+    """A refused (401) caller's rejection: nobody can read it back (it has no requester)."""
+    return event.event_type == "QueryRejected" and event.stage == "identity" and event.identity is None
+
+
 class OutcomeIndex:
     """Bounded LRU of recent outcomes by request id; safe to share between threads."""
 
@@ -173,13 +179,23 @@ class OutcomeIndex:
             self._items.move_to_end(request_id)
         return entry
 
-    def note_request(self, request_id: str, requester: Requester) -> None:
-        """The ingress accepted this request from ``requester``."""
+    def note_request(self, request_id: str, requester: Requester, fingerprint: str | None = None) -> None:
+        """The ingress accepted this request from ``requester`` (with this body fingerprint)."""
         with self._lock:
-            self._entry(request_id).requester = requester
+            entry = self._entry(request_id)
+            entry.requester = requester
+            entry.fingerprint = entry.fingerprint or fingerprint
+
+    def fingerprint_conflicts(self, request_id: str, fingerprint: str) -> bool:
+        """True when this request id was accepted before with another body."""
+        with self._lock:
+            entry = self._items.get(request_id)
+            return entry is not None and entry.fingerprint not in (None, fingerprint)
 
     def apply(self, event: Any) -> None:
         with self._lock:
+            if event.request_id not in self._items and _unsolicited(event):
+                return  # a refused caller's own rejection must not evict real outcomes
             self._entry(event.request_id).apply(event)
 
     def get(self, request_id: str) -> dict[str, Any] | None:

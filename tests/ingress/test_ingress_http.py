@@ -336,6 +336,9 @@ def test_ownership_and_long_poll(stack: tuple[Settings, str]) -> None:
 def test_actions_health_openapi_and_dev_issuer(stack: tuple[Settings, str]) -> None:
     settings, url = stack
     token = _token(settings, "reporter-svc")
+    decisions, _ = _outcome_events(settings, "r-1", "reporter-svc")  # its own request
+    publish(settings, "decisions", *decisions)
+    _wait_known(url, token, "r-1")
     resp = httpx.post(
         f"{url}/v1/actions",
         headers=_auth(token),
@@ -408,3 +411,148 @@ def test_kafka_unreachable_answers_503(qt_settings: Callable[..., Settings]) -> 
     # Same topic prefix on the real broker: nothing (not even a partial record) was published.
     assert topic_bytes(good, "requests", settle=1.0) == []
     assert topic_bytes(good, "results", settle=1.0) == []
+
+
+def _wait_known(url: str, token: str, rid: str, timeout: float = 20.0) -> None:
+    """Until the ingress's outcome index holds ``rid`` (GET answers something but 404)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/v1/queries/{rid}", headers=_auth(token), timeout=10).status_code != 404:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{rid} never reached the outcome index")
+
+
+def test_actions_follow_the_ownership_rule_of_get(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    owner, other = _token(settings, "owner-svc"), _token(settings, "other-svc")
+    auditor = _token(settings, "audit-svc", groups=("auditor",))
+    rid = new_event_id()
+    decisions, _ = _outcome_events(settings, rid, "owner-svc")
+    publish(settings, "decisions", *decisions)
+    _wait_known(url, owner, rid)
+    action = {"request_id": rid, "action": "exported", "system": "s3"}
+
+    def post(token: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{url}/v1/actions", headers=_auth(token), json=body, timeout=30)
+
+    unknown = post(owner, {**action, "request_id": "no-such-request"})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+    theirs = post(other, action)
+    assert (theirs.status_code, theirs.json()["error"]) == (403, "forbidden")
+    assert post(owner, action).status_code == 202
+    assert post(auditor, action).status_code == 202
+    reporters = [codec.decode(v).reporter.subject for _, v in read_topic(settings, "actions", 3, timeout=3)]
+    assert reporters == ["owner-svc", "audit-svc"]
+
+
+def test_idempotency_key_with_another_body_is_409_and_ids_are_not_computable(
+    stack: tuple[Settings, str],
+) -> None:
+    import uuid
+
+    settings, url = stack
+    token = _token(settings, "ci-bot")
+    headers = _auth(token) | {"Idempotency-Key": "job-9"}
+    first = httpx.post(f"{url}/v1/queries", json=BODY, headers=headers, timeout=30)
+    assert first.status_code == 202, first.text
+    same = httpx.post(f"{url}/v1/queries", json=dict(reversed(BODY.items())), headers=headers, timeout=30)
+    assert same.status_code == 202 and same.json()["request_id"] == first.json()["request_id"]
+    changed = httpx.post(
+        f"{url}/v1/queries", json={**BODY, "sql": "select * from customers"}, headers=headers, timeout=30
+    )
+    assert (changed.status_code, changed.json()["error"]) == (409, "idempotency_key_reused")
+    # only the two identical submissions were published
+    assert len(read_topic(settings, "requests", 3, timeout=3)) == 2
+    # the id is not the public uuid5 of (issuer, subject, key) that anyone could compute before
+    issuer = settings.identity.dev_issuer_url
+    namespace = uuid.UUID("5b0c9a7e-8f55-4c6e-9d0b-6a51f1f0c2d4")
+    guessable = str(uuid.uuid5(namespace, f"{issuer}\nci-bot\njob-9"))
+    assert first.json()["request_id"] != guessable
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"prompt": "\\ud800", "sql": "select 1", "model": "m"}', 422),  # a lone surrogate
+        (b'{"prompt": "p", "sql": "select 1", "model": "m", "context": {"\\udfff": "x"}}', 422),
+        (b'{"prompt": "p", "sql": "select 1", "model": "m", "max_rows": 1180591620717411303424}', 422),
+        (
+            b'{"prompt": "p", "sql": "select 1", "model": "m", "context": {"run_id": 99999999999999999999}}',
+            422,
+        ),
+        (b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400),  # deeper than the body limit allows
+        (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", 422),
+    ],
+)
+def test_malformed_bodies_are_400_or_422_never_500(
+    stack: tuple[Settings, str], raw: bytes, status: int
+) -> None:
+    settings, url = stack
+    token = _token(settings, "ci-bot")
+    headers = _auth(token) | {"Content-Type": "application/json"}
+    for path in ("/v1/queries", "/v1/actions"):
+        resp = httpx.post(f"{url}{path}", content=raw, headers=headers, timeout=30)
+        assert resp.status_code in (400, 413, 422), (path, resp.status_code, resp.text)
+        if path == "/v1/queries" and len(raw) <= settings.ingress.max_body_bytes:
+            assert resp.status_code == status, resp.text
+
+
+def test_verified_claims_win_over_caller_context(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    token = _token(settings, "ci-bot")  # verified claim: repository acme/etl
+    body = {**BODY, "context": {"repository": "victim/payroll", "run_id": "7", "caller.repository": "forged"}}
+    resp = httpx.post(f"{url}/v1/queries", json=body, headers=_auth(token), timeout=30)
+    assert resp.status_code == 202, resp.text
+    [(_, value)] = read_topic(settings, "requests", 1)
+    context = codec.decode(value).context
+    assert context.repository == "acme/etl"
+    assert dict(context.extra) == {"caller.repository": "victim/payroll"}
+
+
+def test_refused_callers_are_rate_limited_and_evict_nothing(stack: tuple[Settings, str]) -> None:
+    settings, url = stack
+    owner = _token(settings, "owner-svc")
+    rid = new_event_id()
+    decisions, _ = _outcome_events(settings, rid, "owner-svc")
+    publish(settings, "decisions", *decisions)
+    _wait_known(url, owner, rid)
+    statuses = [
+        httpx.post(f"{url}/v1/queries", json=BODY, headers=_auth("garbage"), timeout=30).status_code
+        for _ in range(70)
+    ]
+    # a full bucket of 60, refilled at one a second while the 70 requests take their time
+    recorded = statuses.count(401)
+    assert statuses[:60] == [401] * 60 and 429 in statuses and set(statuses) == {401, 429}, statuses
+    assert len(read_topic(settings, "results", recorded + 1, timeout=5)) == recorded  # 429s: nothing
+    assert httpx.get(f"{url}/v1/queries/{rid}", headers=_auth(owner), timeout=10).status_code == 200
+
+
+def test_refused_callers_do_not_evict_outcomes_from_the_index() -> None:
+    from ingress.outcomes import OutcomeIndex
+    from schemas.events import QueryRejected
+
+    index = OutcomeIndex(max_requests=3)
+    index.note_request("mine", ("iss", "me"))
+    for n in range(10):
+        index.apply(
+            QueryRejected(
+                event_id=new_event_id(),
+                request_id=f"refused-{n}",
+                occurred_at=utcnow(),
+                producer=producer("ingress"),
+                stage="identity",
+                reason_code="malformed",
+                reason="bad token",
+            )
+        )
+    assert index.get("mine") is not None and len(index) == 1
+
+
+def test_refusal_limiter_refills() -> None:
+    from ingress.app import RefusalLimiter
+
+    limiter = RefusalLimiter(per_minute=2)
+    assert [limiter.allow("a", now=0.0) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b", now=0.0)
+    assert limiter.allow("a", now=30.0) and not limiter.allow("a", now=30.0)
