@@ -117,15 +117,22 @@ def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "tab
     from querytrail.escape import terminal
 
     if fmt == "json":
-        return json.dumps(
-            [dict(zip(names, map(_plain, r), strict=True)) for r in rows], indent=2, ensure_ascii=False
+        return _json_inert(
+            json.dumps(
+                [dict(zip(names, map(_plain, r), strict=True)) for r in rows], indent=2, ensure_ascii=False
+            )
         )
-    if fmt == "csv":
+    if fmt == "csv":  # CSV has no escapes: untrusted text is shown as the terminal shows it
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(names)
+        writer.writerow([terminal(n) for n in names])
         for r in rows:
-            writer.writerow([json.dumps(v) if isinstance(v, list) else v for v in map(_plain, r)])
+            writer.writerow(
+                [
+                    json.dumps(v) if isinstance(v, list) else terminal(v) if isinstance(v, str) else v
+                    for v in map(_plain, r)
+                ]
+            )
         return buf.getvalue()
     cells = [[terminal(_cell(v), 60) for v in r] for r in rows]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
@@ -134,6 +141,23 @@ def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "tab
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
+
+
+def _json_inert(text: str) -> str:
+    """JSON whose strings carry no raw control or invisible character (ANSI escapes, bidi
+    overrides): each is written as a ``\\uXXXX`` escape, so the parsed value is unchanged."""
+    from querytrail.escape import hidden
+
+    out = []
+    for ch in text:
+        if ch < "\x7f" or not hidden(ch):
+            out.append(ch)
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:  # a surrogate pair, as JSON spells characters above U+FFFF
+            cp = ord(ch) - 0x10000
+            out.append(f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}")
+    return "".join(out)
 
 
 def _cell(value: Any) -> str:

@@ -97,3 +97,23 @@ def test_compact_command(home: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run("compact") == 0
     assert json.loads(capsys.readouterr().out)["files_after"] == 1
     assert run("verify", "--no-witness-topic") == 0
+
+
+def test_csv_and_json_output_carry_no_raw_control_or_bidi_characters() -> None:
+    import csv
+    import io
+
+    from sinks.reports import format_result
+
+    hostile = "ok\x1b[2J\x1b[31mFAKE\u202eevil\u2066\r\nnext\x85\x7f\U000e0041"
+    names, rows = ["prompt", "tags"], [(hostile, [hostile]), ("plain ünïcode", ["x"])]
+    danger = ("\x1b", "\u202e", "\u2066", "\r", "\x85", "\x7f", "\U000e0041")
+    as_json = format_result(names, rows, "json")
+    assert not any(ch in as_json for ch in danger), as_json
+    assert json.loads(as_json)[0] == {"prompt": hostile, "tags": [hostile]}  # escapes, not loss
+    assert json.loads(as_json)[1]["prompt"] == "plain ünïcode" and "ünïcode" in as_json
+    as_csv = format_result(names, rows, "csv")
+    assert not any(ch in as_csv.replace("\r\n", "\n") for ch in danger), as_csv
+    cells = list(csv.reader(io.StringIO(as_csv)))
+    assert cells[1][0] == "ok\\x1b[2J\\x1b[31mFAKE\\u202eevil\\u2066\\x0d\\nnext\\x85\\x7f\\U000e0041"
+    assert len(cells) == 3  # a newline in a value no longer starts a row
