@@ -40,7 +40,15 @@ from processors.decide import DecisionCache
 from processors.kafka_io import Publisher, PublishError, dead_letter_event
 from processors.reconcile import RequestScanner, dead_letter_marker
 from processors.runtime import WorkerRuntime
-from processors.worker import CredentialError, approval_satisfied, authorize_approved, decide_request
+from processors.worker import (
+    CredentialError,
+    approval_satisfied,
+    authorize_approved,
+    decide_request,
+    decided_at,
+    owner_record,
+    replay_refusal,
+)
 from querytrail.observability import logging_config
 from querytrail.settings import Settings
 from schemas.codec import DecodeError, EventCodec
@@ -137,6 +145,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
     # other topic (murmur2), so the timer may write too (there is no "current event" there)
     state_table = app.Table("approvals", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
     seen_table = app.Table("seen", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+    # request id -> its first requester and record; never pruned: finished is forever
+    owners_table = app.Table("owners", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
     codec = rt.codec
     publisher: Publisher = rt.publisher
     cache = DecisionCache()
@@ -195,16 +205,35 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
             return
         rid = request.request_id
         key = rid.encode()
-        if seen_table.get(key) is not None or key in inflight:
+        m = event.message
+        where = f"{m.topic}:{m.partition}:{m.offset}"
+        prior = owners_table.get(key)
+        if (
+            key in inflight
+            or (prior is None and seen_table.get(key) is not None)
+            or decided_at(prior) == where
+        ):
             log.info("duplicate request ignored", extra={"request_id": rid})
             return
         inflight.add(key)  # before the first await: the reconciler may hold the same request
         try:
-            await decide_one(request, key)
+            if prior is not None:
+                await refuse_replay(event, request, prior)
+            else:
+                await decide_one(request, key, where)
         finally:
             inflight.discard(key)
 
-    async def decide_one(request: QueryRequested, key: bytes) -> None:
+    async def refuse_replay(event: Any, request: QueryRequested, prior: bytes) -> None:
+        """A decided request id seen again in another record: refused and recorded, not decided."""
+        if seen_table.get(marker(event.message)) is not None:
+            return  # refused already (the reconciler reads it again)
+        who = await check(request.request_id, request.credential, sql=request.sql)
+        reason, detail = replay_refusal(prior, who if isinstance(who, VerifiedIdentity) else None)
+        log.warning("request refused: %s", detail, extra={"request_id": request.request_id})
+        await dead_letter(event, reason, detail, mark=True)
+
+    async def decide_one(request: QueryRequested, key: bytes, where: str) -> None:
         rid = request.request_id
         identity = await check(rid, request.credential, sql=request.sql)
         policy, catalog = rt.policy, rt.catalog
@@ -215,6 +244,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         if any(o.event_type == "ApprovalRequested" for o in outputs):
             state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
         seen_table[key] = str(int(time.time())).encode()  # when: pruned after the retention
+        verified = identity if isinstance(identity, VerifiedIdentity) else None
+        owners_table[key] = owner_record(verified, request.event_id, where)
         log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
 
     async def handle_verdict(event: Any) -> None:
@@ -323,7 +354,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
                 state_table[key] = dump_history(codec, history + outputs)
                 log.info("approval expired", extra={"request_id": state.request_id})
 
-    @app.timer(interval=60.0)
+    @app.timer(interval=min(60.0, max(1.0, settings.worker.resolved_retention_s)))
     async def prune_seen() -> None:
         """Bound the dedupe table: a request id older than the retention will not be redelivered."""
         horizon = time.time() - settings.worker.resolved_retention_s

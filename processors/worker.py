@@ -45,7 +45,10 @@ __all__ = [
     "approval_satisfied",
     "authorize_approved",
     "decide_request",
+    "decided_at",
     "identity_claims",
+    "owner_record",
+    "replay_refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -294,12 +297,13 @@ class CredentialChecker:
         *,
         sql: str | None = None,
         sql_sha256: str | None = None,
+        binding: bytes | None = None,
     ) -> VerifiedIdentity:
         from ingress.identity import IdentityError
 
         try:
             identity = self._verifier.verify(
-                credential, request_id=request_id, sql=sql, sql_sha256=sql_sha256
+                credential, request_id=request_id, sql=sql, sql_sha256=sql_sha256, binding=binding
             )
         except IdentityError as exc:
             raise CredentialError(exc.code, exc.message) from None
@@ -307,3 +311,48 @@ class CredentialChecker:
             raise CredentialError("malformed", f"credential could not be read: {exc}") from None
         verified: VerifiedIdentity = identity.to_verified()
         return verified
+
+
+def owner_record(identity: VerifiedIdentity | None, event_id: str, where: str) -> bytes:
+    """The ``owners`` table value of a decided request: who asked first, and which record it was.
+
+    Kept forever (unlike the dedupe window), so a request id that was decided never decides
+    again, however late a replay arrives (docs/ingress.md, "Request ids").
+    """
+    return json.dumps(
+        {
+            "issuer": identity.issuer if identity else None,
+            "subject": identity.subject if identity else None,
+            "event_id": event_id,
+            "at": where,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def decided_at(prior: bytes | None) -> str | None:
+    """The ``topic:partition:offset`` of the record a request id was decided from (None: not decided)."""
+    if not prior:
+        return None
+    try:
+        at = json.loads(prior).get("at")
+    except (ValueError, AttributeError):
+        return None
+    return str(at) if at is not None else None
+
+
+def replay_refusal(prior: bytes, identity: VerifiedIdentity | None) -> tuple[str, str]:
+    """Why a QueryRequested for an already decided request id is refused: (reason, detail).
+
+    ``request_id_taken`` when it does not come from the identity that owns the id (the first
+    requester), ``request_replayed`` when it does: either way nothing is decided again.
+    """
+    try:
+        owner = json.loads(prior)
+    except ValueError:
+        owner = {}
+    first = (owner.get("issuer"), owner.get("subject"))
+    if identity is not None and first == (identity.issuer, identity.subject):
+        return "request_replayed", f"already decided (first record {owner.get('at')}): not decided again"
+    who = f"{identity.issuer} {identity.subject}" if identity is not None else "an unverified caller"
+    return "request_id_taken", f"the request id belongs to its first requester; refused for {who}"
