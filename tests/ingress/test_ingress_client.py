@@ -20,6 +20,7 @@ from ingress_kafka import publish, read_topic
 from ingress.client import ClientError, ci_context_from_env, fetch_github_actions_token
 from ingress.credentials import CredentialVerifier
 from ingress.sealing import ensure_keys, load_sealing_private_key, token_sha256, unseal_token
+from querytrail.keys import ensure_service_keys
 from querytrail.settings import Settings
 from schemas.codec import EventCodec
 from schemas.events import (
@@ -155,6 +156,7 @@ def _cli(args: list[str], env: dict[str, str], **kw: Any) -> Any:
 def local(qt_settings: Callable[..., Settings], tmp_path: Path) -> tuple[Settings, dict[str, str], Path]:
     settings = qt_settings(identity={"dev_issuer_enabled": True})
     ensure_keys(settings)
+    ensure_service_keys(settings)  # the client trusts only outcomes the services signed
     env = _env(settings)
     minted = _cli(
         ["token", "--sub", "ci-bot", "--groups", "ci", "--claim", "repository=acme/etl", "--ttl", "10m"], env
