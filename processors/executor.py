@@ -360,6 +360,11 @@ def recovery_event(row: LedgerRow) -> QueryFailed:
     )
 
 
+def _refusal_key(auth: ExecutionAuthorized, where: str | None) -> str:
+    """The ledger's key of a refusal: the event id, and the record carrying it when known."""
+    return auth.event_id if where is None else f"{auth.event_id}@{where}"
+
+
 class Executor:
     """The I/O shell: ledger, verifier and publisher around the functions above."""
 
@@ -381,11 +386,16 @@ class Executor:
             self.ledger.mark_reported(row.request_id, row.outcome or event.outcome)
         return len(rows)
 
-    def handle(self, auth: ExecutionAuthorized, record_error: str | None = None) -> str:
+    def handle(
+        self, auth: ExecutionAuthorized, record_error: str | None = None, where: str | None = None
+    ) -> str:
         """Process one authorisation; returns what happened (for logs and tests).
 
         ``record_error``: the record carrying it was not signed by a trusted key (its reason,
         querytrail.keys); such an authorisation never runs, and its refusal is recorded.
+        ``where``: the record's ``topic:partition:offset``. A refusal is recorded once per
+        record, so a redelivery is not recorded twice but a forgery that repeats an event id
+        (a copy at another offset) is recorded again.
         """
         rid = auth.request_id
         try:
@@ -396,9 +406,11 @@ class Executor:
                     return "duplicate"
                 raise AuthzError(record_error, "the record is not signed by a key trusted for executions")
         except AuthzError as exc:
-            if self.ledger.refuse(auth.event_id, rid, exc.code):
+            if self.ledger.refuse(_refusal_key(auth, where), rid, exc.code):
                 log.warning("authorisation refused: %s", exc.code, extra={"request_id": rid})
                 self.publisher.publish([rejected(auth, exc)])
+            else:
+                log.info("authorisation refused again (redelivered): %s", exc.code, extra={"request_id": rid})
             return "refused"
         # A validly signed second authorisation for a request that already has an execution is
         # a redelivery or a duplicate from the worker's at-least-once retry: never run it again,
@@ -415,7 +427,7 @@ class Executor:
                 log.info("authorisation already used; not running again", extra={"request_id": rid})
                 return "duplicate"
             reused = AuthzError("nonce_reused", "this authorisation's nonce was already spent")
-            if self.ledger.refuse(auth.event_id, rid, reused.code):
+            if self.ledger.refuse(_refusal_key(auth, where), rid, reused.code):
                 log.warning("authorisation refused: nonce_reused", extra={"request_id": rid})
                 self.publisher.publish([rejected(auth, reused)])
             return "refused"

@@ -173,14 +173,18 @@ def _dispatch(
         except SignatureError as exc:
             publisher.dead_letter(msg, exc.reason, exc.message)
             if isinstance(event, ExecutionAuthorized):
-                commits.add(*where, pool.submit(executor.handle, event, exc.reason))
+                commits.add(*where, pool.submit(executor.handle, event, exc.reason, _at(where)))
             else:
                 commits.add(*where, _done())
             return
     if isinstance(event, ExecutionAuthorized):
-        commits.add(*where, pool.submit(executor.handle, event))
+        commits.add(*where, pool.submit(executor.handle, event, None, _at(where)))
         return
     commits.add(*where, _done())
+
+
+def _at(where: tuple[str, int, int]) -> str:
+    return "{}:{}:{}".format(*where)
 
 
 class _Committer:
@@ -261,6 +265,7 @@ def _catalog_loop(settings: Settings, publisher: Any, stop: threading.Event) -> 
                 )
             else:
                 log.exception(
-                    "catalog refresh failed; keeping the previous catalog on the topic, retrying in %.0fs", wait
+                    "catalog refresh failed; keeping the previous catalog on the topic, retrying in %.0fs",
+                    wait,
                 )
         stop.wait(wait)

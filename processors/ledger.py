@@ -9,7 +9,8 @@ A request moves ``recorded`` -> ``started`` -> ``finished`` -> ``reported``:
 - ``reported``: the terminal events are published and flushed.
 
 After a crash, ``started`` rows are reported as ``outcome_unknown`` and never rerun.
-Refused authorisations are remembered by event id so a redelivery is not refused twice.
+Refused authorisations are remembered by event id and record (topic:partition:offset), so a
+redelivery is not recorded twice while a forgery repeating an event id is recorded again.
 """
 
 from __future__ import annotations

@@ -148,3 +148,18 @@ def _assert_in_audit_log(stack: Stack, event_id: str, n: int, timeout: float = 6
             break
         time.sleep(1)
     assert found == n, f"{event_id} is {found} times in the audit log, expected {n}"
+
+
+def test_a_forgery_repeating_an_event_id_is_recorded_each_time(
+    stack: Stack, genuine: ExecutionAuthorized
+) -> None:
+    """The same forged record sent three times (one event id): three refusals in the log."""
+    forged = _forge(genuine, f"repeat-{uuid.uuid4().hex[:6]}")
+    _publish(stack, forged)
+    _publish(stack, forged)
+    _publish(stack, forged)
+    rid = forged.request_id
+    rejected = wait_for(
+        stack, "results", lambda e: isinstance(e, QueryRejected) and e.request_id == rid, count=3, timeout=30
+    )
+    assert [r.stage for r in rejected] == ["authorization"] * 3
