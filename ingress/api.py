@@ -324,7 +324,8 @@ def openapi_document() -> dict[str, Any]:
                             "in": "header",
                             "required": False,
                             "description": "1-200 printable ASCII characters; a retry with the same key "
-                            "(same caller) gets the same request_id and is decided once",
+                            "(same caller) gets the same request_id and is decided once; the same key "
+                            "with another body answers 409",
                             "schema": {"type": "string", "maxLength": 200},
                         }
                     ],
@@ -332,7 +333,9 @@ def openapi_document() -> dict[str, Any]:
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Query"}}},
                     },
-                    "responses": _responses(400, 401, 413, 422, 503, ok=(202, "accepted: {request_id}")),
+                    "responses": _responses(
+                        400, 401, 409, 413, 422, 429, 503, ok=(202, "accepted: {request_id}")
+                    ),
                 }
             },
             "/v1/queries/{request_id}": {
@@ -354,7 +357,7 @@ def openapi_document() -> dict[str, Any]:
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Action"}}},
                     },
-                    "responses": _responses(400, 401, 413, 422, 503, ok=(202, "recorded")),
+                    "responses": _responses(400, 401, 403, 404, 413, 422, 503, ok=(202, "recorded")),
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": _responses()}},
