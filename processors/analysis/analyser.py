@@ -16,7 +16,7 @@ from sqlglot.optimizer.qualify_columns import qualify_columns
 from sqlglot.optimizer.qualify_tables import qualify_tables
 from sqlglot.tokens import TokenType
 
-from processors.analysis.budget import Budget, BudgetExceeded, measure, rebalance_connectors
+from processors.analysis.budget import Budget, BudgetExceeded, long_chains, measure, rebalance_connectors
 from processors.analysis.columns import collect_outputs, collect_predicates, output_names, star_selects
 from processors.analysis.context import Context
 from processors.analysis.fingerprint import fingerprint
@@ -74,10 +74,8 @@ def _analyse_one(ctx: Context, budget: Budget, database: str | None, schema: str
     elif ctx.kind not in _TRACED:
         return
     try:
-        shape, chains = measure(ctx.node)
-        if chains and rebalance_connectors(chains):
-            shape, _ = measure(ctx.node)
-        budget.check_shape(shape)
+        rebalance_connectors(long_chains(ctx.node))
+        budget.check_shape(measure(ctx.node))
         names = output_names(ctx.node) if ctx.kind == "select" else []
         _qualify(ctx, database, schema)
         budget.check_time("qualification")

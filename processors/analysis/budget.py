@@ -42,6 +42,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Shape",
+    "long_chains",
     "measure",
     "rebalance_connectors",
 ]
@@ -75,19 +76,28 @@ class Shape:
     selects: int = 0
 
 
-def measure(root: exp.Expr) -> tuple[Shape, list[exp.Expr]]:
-    """The tree's shape, and the roots of its ``AND``/``OR`` chains of at least
-    ``REBALANCE_MIN_TERMS`` terms (a chain root is a connector whose parent is not the same
-    connector), in one iterative walk.
+def long_chains(root: exp.Expr) -> list[exp.Expr]:
+    """The roots of the ``AND``/``OR`` chains of at least ``REBALANCE_MIN_TERMS`` terms (a
+    chain root is a connector whose parent is not the same connector).
 
     >>> import sqlglot
-    >>> shape, chains = measure(sqlglot.parse_one("select a from t where a = 1 and b = 2"))
-    >>> shape.nodes, shape.column_depth, chains
-    (16, 9, [])
+    >>> len(long_chains(sqlglot.parse_one("select 1 where " + " or ".join(["a = 1"] * 40))))
+    1
+    """
+    roots = [n for n in root.find_all(*_CHAINS) if type(n.parent) is not type(n)]
+    return [r for r in roots if _terms_at_least(r, REBALANCE_MIN_TERMS)]
+
+
+def measure(root: exp.Expr) -> Shape:
+    """The tree's shape, in one walk.
+
+    >>> import sqlglot
+    >>> shape = measure(sqlglot.parse_one("select a from t where a = 1 and b = 2"))
+    >>> shape.nodes, shape.depth, shape.column_depth, shape.selects
+    (16, 5, 9, 1)
     """
     nodes = column_depth = selects = 0
     depth = -1
-    roots: list[exp.Expr] = []
     level = [root]
     while level:  # level by level: the depth of a node is its level, no per-node bookkeeping
         depth += 1
@@ -99,14 +109,9 @@ def measure(root: exp.Expr) -> tuple[Shape, list[exp.Expr]]:
                 column_depth += depth
             elif kind is exp.Select:
                 selects += 1
-            elif kind in _CHAINS and type(node.parent) is not kind:
-                roots.append(node)
             below.extend(node.iter_expressions())
         level = below
-    chains = (
-        [r for r in roots if _terms_at_least(r, REBALANCE_MIN_TERMS)] if nodes > REBALANCE_MIN_TERMS else []
-    )
-    return Shape(nodes, depth, column_depth, selects), chains
+    return Shape(nodes, depth, column_depth, selects)
 
 
 def _terms_at_least(root: exp.Expr, n: int) -> bool:
@@ -150,12 +155,12 @@ def _balanced(kind: type[exp.Expr], terms: list[exp.Expr]) -> exp.Expr:
 
 
 def rebalance_connectors(chains: list[exp.Expr]) -> int:
-    """Rebuild each chain root (from ``measure``) as a balanced tree; how many were rebuilt.
+    """Rebuild each chain root (from ``long_chains``) as a balanced tree; how many were rebuilt.
 
     >>> import sqlglot
     >>> tree = sqlglot.parse_one("select 1 from t where " + " and ".join(f"a = {i}" for i in range(40)))
     >>> before = tree.sql()
-    >>> rebalance_connectors(measure(tree)[1]), tree.sql() == before, measure(tree)[0].depth
+    >>> rebalance_connectors(long_chains(tree)), tree.sql() == before, measure(tree).depth
     (1, True, 10)
     """
     done = 0

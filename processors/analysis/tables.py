@@ -42,9 +42,8 @@ def _written_target(node: exp.Expr) -> list[exp.Table]:
 
 def _restricts(pred: exp.Expr, alias: str | None) -> bool:
     """A condition that narrows ``alias``'s rows by itself (not a join equality, not ``1 = 1``)."""
-    cols = [
-        c for c in pred.find_all(exp.Column) if c.find_ancestor(exp.Select) is pred.find_ancestor(exp.Select)
-    ]
+    owner = pred.find_ancestor(exp.Select)
+    cols = [c for c in pred.find_all(exp.Column) if c.find_ancestor(exp.Select) is owner]
     if not cols:
         return False
     if alias is None:
