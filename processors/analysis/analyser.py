@@ -16,7 +16,15 @@ from sqlglot.optimizer.qualify_columns import qualify_columns
 from sqlglot.optimizer.qualify_tables import qualify_tables
 from sqlglot.tokens import TokenType
 
-from processors.analysis.budget import Budget, BudgetExceeded, long_chains, measure, rebalance_connectors
+from processors.analysis.budget import (
+    GC_PAUSE_CHARS,
+    Budget,
+    BudgetExceeded,
+    collection_paused,
+    long_chains,
+    measure,
+    rebalance_connectors,
+)
 from processors.analysis.columns import collect_outputs, collect_predicates, output_names, star_selects
 from processors.analysis.context import Context
 from processors.analysis.fingerprint import fingerprint
@@ -44,10 +52,10 @@ def _session_ident(value: str | None) -> exp.Identifier | None:
     return exp.to_identifier(name, quoted=name != name.upper() or not name.replace("_", "").isalnum())
 
 
-def _qualify(ctx: Context, database: str | None, schema: str | None) -> None:
+def _qualify(ctx: Context, selects: list[exp.Select], database: str | None, schema: str | None) -> None:
     node = ctx.node
     assert node is not None
-    ctx.star_selects = star_selects(node)
+    ctx.star_selects = star_selects(selects)
     normalize_identifiers(node, dialect="snowflake")
     qualify_tables(node, db=_session_ident(schema), catalog=_session_ident(database), dialect="snowflake")
     if node.find(exp.Select) is not None:
@@ -75,9 +83,10 @@ def _analyse_one(ctx: Context, budget: Budget, database: str | None, schema: str
         return
     try:
         rebalance_connectors(long_chains(ctx.node))
-        budget.check_shape(measure(ctx.node))
+        selects: list[exp.Select] = []
+        budget.check_shape(measure(ctx.node, selects))
         names = output_names(ctx.node) if ctx.kind == "select" else []
-        _qualify(ctx, database, schema)
+        _qualify(ctx, selects, database, schema)
         budget.check_time("qualification")
         ctx.lineage = Lineage(ctx.node, ctx.catalog, lambda fq: ctx.classification(fq) is not None)
         collect_tables(ctx)
@@ -160,6 +169,13 @@ def analyse(
     >>> analyse("select x from t", cat, NoTags(), database="a", schema="b").tables_read
     ('A.B.T',)
     """
+    with collection_paused(len(sql) >= GC_PAUSE_CHARS):
+        return _analyse(sql, catalog, classifier, database, schema)
+
+
+def _analyse(
+    sql: str, catalog: Catalog, classifier: Classifier, database: str | None, schema: str | None
+) -> Analysis:
     from processors.analysis.findings import run_rules
 
     budget = Budget()

@@ -44,9 +44,10 @@ def output_names(query: exp.Expr) -> list[str | None]:
     return names
 
 
-def star_selects(node: exp.Expr) -> dict[int, frozenset[str]]:
+def star_selects(selects: list[exp.Select]) -> dict[int, frozenset[str]]:
+    """id(select) -> its explicit projection names, for each SELECT with a ``*`` (before expansion)."""
     out: dict[int, frozenset[str]] = {}
-    for sel in node.find_all(exp.Select):
+    for sel in selects:
         if any(isinstance(p, exp.Star) or isinstance(p.this, exp.Star) for p in sel.expressions):
             out[id(sel)] = frozenset(
                 p.alias_or_name.upper() for p in sel.expressions if not isinstance(p.this, exp.Star)
