@@ -131,9 +131,10 @@ def _pieces(sql: str) -> list[str]:
     return out
 
 
-def _parse(sql: str) -> tuple[list[exp.Expr], str | None, int]:
+def _parse(sql: str, budget: Budget) -> tuple[list[exp.Expr], str | None, int]:
     """The statements of the text (comment-only ones dropped), an error, and the pipe count."""
     pieces = _pieces(sql)
+    budget.check_statements(len(pieces))  # each piece is parsed on its own: refuse before
     parsed: list[exp.Expr] = []
     for piece in pieces:
         try:
@@ -183,7 +184,7 @@ def _analyse(
     contexts: list[Context] = []
     try:
         budget.check_text(sql)
-        parsed, error, pipes = _parse(sql)
+        parsed, error, pipes = _parse(sql, budget)
         budget.check_time("parsing")
     except BudgetExceeded as exc:
         parsed, error, pipes = [], None, 0

@@ -127,6 +127,7 @@ def test_rebalanced_chain_prints_the_same_sql() -> None:
         ),
         ("too many subqueries", "SELECT 1" + " UNION ALL SELECT 1" * 1_200),
         ("too many statements", "SELECT 1;" * 150),
+        ("a flood of ->> pipes", "SELECT 1 ->> " * 20_000 + "SELECT 1"),
     ],
 )
 def test_adversarially_huge_statements_get_the_budget_finding(name: str, sql: str) -> None:
