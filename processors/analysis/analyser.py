@@ -131,25 +131,38 @@ def _pieces(sql: str) -> list[str]:
     return out
 
 
-def _parse(sql: str, budget: Budget) -> tuple[list[exp.Expr], str | None, int]:
-    """The statements of the text (comment-only ones dropped), an error, and the pipe count."""
+def _parse(sql: str, budget: Budget) -> tuple[list[exp.Expr], str | None, int, bool]:
+    """The statements of the text (comment-only ones dropped), an error, the pipe count, and
+    whether empty statements were dropped."""
     pieces = _pieces(sql)
     budget.check_statements(len(pieces))  # each piece is parsed on its own: refuse before
     parsed: list[exp.Expr] = []
+    empties = False
     for piece in pieces:
         try:
             found = sqlglot.parse(piece, dialect="snowflake")
         except SqlglotError as exc:
-            return [], str(exc).splitlines()[0][:300], 0
+            return [], str(exc).splitlines()[0][:300], 0, False
         except (RecursionError, ValueError, TypeError) as exc:  # e.g. thousands of nested parentheses
-            return [], f"cannot parse: {type(exc).__name__}", 0
+            return [], f"cannot parse: {type(exc).__name__}", 0, False
         # ``select 1; -- done``: sqlglot keeps the trailing comment as an empty statement
         # (exp.Semicolon) that runs nothing, so it does not make the text multi-statement
         statements = [e for e in found if e is not None and not isinstance(e, exp.Semicolon)]
         if not statements:
-            return [], "no statement" if len(pieces) == 1 else "empty statement in a ->> pipe", 0
+            return [], "no statement" if len(pieces) == 1 else "empty statement in a ->> pipe", 0, False
         parsed.extend(statements)
-    return parsed, None, len(pieces) - 1
+        empties = empties or len(statements) < len(found)
+    return parsed, None, len(pieces) - 1, empties
+
+
+def _without_empties(sql: str) -> str:
+    """The text of its one statement: what runs is exactly what was analysed, without the
+    empty statements around it (``select 1; -- done``) that the warehouse might count."""
+    try:
+        tokens = [t for t in SNOWFLAKE.tokenize(sql) if t.token_type != TokenType.SEMICOLON]
+    except SqlglotError:
+        return sql
+    return sql[tokens[0].start : tokens[-1].end + 1] if tokens else sql
 
 
 def analyse(
@@ -184,10 +197,10 @@ def _analyse(
     contexts: list[Context] = []
     try:
         budget.check_text(sql)
-        parsed, error, pipes = _parse(sql, budget)
+        parsed, error, pipes, empties = _parse(sql, budget)
         budget.check_time("parsing")
     except BudgetExceeded as exc:
-        parsed, error, pipes = [], None, 0
+        parsed, error, pipes, empties = [], None, 0, False
         contexts.append(
             Context(sql, None, "unknown", catalog, classifier, budget_error=str(exc), failed=True)
         )
@@ -237,7 +250,7 @@ def _analyse(
         estimated_bytes=est,
         fingerprint=fp,
         parsed=None if multi or error or one.failed else one.node,
-        sql=sql,
+        sql=_without_empties(sql) if empties and not multi else sql,
         database=database,
         schema=schema,
     )

@@ -94,3 +94,19 @@ def test_analysis_is_deterministic() -> None:
     assert run(sql).findings == run(sql).findings  # type: ignore[attr-defined]
     first = plan_masking(run(sql), MASKS, CLASSIFIER)  # type: ignore[arg-type]
     assert first == plan_masking(run(sql), MASKS, CLASSIFIER)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sql", "runs"),
+    [
+        ("select id from countries where id = 1; -- done", "select id from countries where id = 1"),
+        ("/* c */ ; select 'a;b' from countries ;; /* z */", "select 'a;b' from countries"),
+        ("select id from countries;", "select id from countries;"),  # nothing dropped: unchanged
+    ],
+)
+def test_empty_statements_are_neither_counted_nor_run(sql: str, runs: str) -> None:
+    """A comment or ``;`` around the one statement is not a second statement, and the text
+    that would run (``Analysis.sql``, when nothing needs masking) is just that statement."""
+    a = run(sql)
+    assert a.statement == "select" and "multi_statement" not in a.finding_codes  # type: ignore[attr-defined]
+    assert a.sql == runs  # type: ignore[attr-defined]
