@@ -35,9 +35,13 @@ PASSWORD = "fakesnow-local"  # noqa: S105 -- the emulator accepts any password; 
 ACCOUNT = "fakesnow"
 
 # Statements fakesnow 0.12.1 rejects as "not implemented" but that a Snowflake session issues
-# as a matter of course; the emulator accepts them and does nothing. QUERY_TAG is set by the
-# executor to the request id (a real account records it in QUERY_HISTORY; the emulator cannot).
-NOP_REGEXES: tuple[str, ...] = (r"\s*ALTER\s+SESSION\s+(UN)?SET\s+QUERY_TAG\b",)
+# as a matter of course; the emulator accepts them and does nothing to DuckDB. QUERY_TAG, USE ROLE
+# and USE WAREHOUSE are kept as session state by infra.fakesnow_history, which records them in the
+# emulator's QUERY_HISTORY as an account does; a statement timeout is not enforced.
+NOP_REGEXES: tuple[str, ...] = (
+    r"\s*ALTER\s+SESSION\s+(UN)?SET\s+(QUERY_TAG|STATEMENT_TIMEOUT_IN_SECONDS)\b",
+    r"\s*USE\s+(ROLE|WAREHOUSE|SECONDARY\s+ROLES)\b",
+)
 
 
 def connect_kwargs(port: int, host: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:
@@ -148,16 +152,22 @@ def _serve(host: str, port: int, db_path: Path) -> int:
     import importlib
 
     import uvicorn
+    from fakesnow import info_schema
     from fakesnow.instance import FakeSnow
+
+    from infra import fakesnow_history
 
     # ``fakesnow.server`` is also the name of a function in fakesnow/__init__: import the module.
     fs_server: Any = importlib.import_module("fakesnow.server")
 
     db_path.mkdir(parents=True, exist_ok=True)
+    fakesnow_history.patch_tables_view(info_schema)  # INFORMATION_SCHEMA.TABLES.BYTES, see there
     shared = FakeSnow(db_path=db_path, nop_regexes=list(NOP_REGEXES))
     for db_file in sorted(db_path.glob("*.db")):
         shared.connect(database=db_file.stem).close()  # attaches the file under its database name
+        fakesnow_history.replace_tables_view(shared.duck_conn, info_schema, db_file.stem)
     fs_server.shared_fs = shared
+    fakesnow_history.install(fs_server, shared, user=USER)  # QUERY_HISTORY, QUERY_TAG, roles
     server = uvicorn.Server(uvicorn.Config(fs_server.app, host=host, port=port, log_level="warning"))
     try:
         server.run()  # returns on SIGTERM/SIGINT after a graceful shutdown

@@ -5,8 +5,9 @@ Per database: ``INFORMATION_SCHEMA.TABLES`` (ROW_COUNT, BYTES) and ``INFORMATION
 over from a base catalog file when one is given, and otherwise come from the policy's globs.
 
 Statistics Snowflake does not give are left None (the analyser then treats the size as unknown,
-which never loosens a decision). fakesnow reports BYTES as 0 for every table and ROW_COUNT from
-DuckDB's estimate: a table with rows but 0 bytes is read as "bytes unknown" (None). With
+which never loosens a decision). A table with rows but 0 bytes is read as "bytes unknown"
+(None): plain fakesnow reports BYTES as 0 for every table (the local server, infra/, reports an
+estimate instead). With
 ``count_rows=True`` a missing ROW_COUNT is filled with ``COUNT(*)``, which is only affordable on
 small warehouses and the emulator.
 """
