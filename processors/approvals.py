@@ -79,6 +79,12 @@ class ApprovalState:
     masked_columns: tuple[MaskedColumn, ...] = ()
     approvers: tuple[VerifiedIdentity, ...] = ()  # accepted approvals, in order
     judged: frozenset[str] = frozenset()  # verdict event ids already judged (dedupe)
+    # for the QUERY_TAG and the cost alert of the released statement (processors.query_tag)
+    model: str | None = None
+    repository: str | None = None
+    run_id: str | None = None
+    policy_sha256: str | None = None
+    estimated_bytes: int | None = None
 
     @property
     def pending(self) -> bool:
@@ -90,12 +96,20 @@ def evolve(state: ApprovalState | None, event: Event) -> ApprovalState | None:
     if isinstance(event, QueryRequested):
         base = state or ApprovalState(request_id=event.request_id)
         return replace(
-            base, session_id=event.session_id, target=event.target, requested_max_rows=event.max_rows
+            base,
+            session_id=event.session_id,
+            target=event.target,
+            requested_max_rows=event.max_rows,
+            model=event.model,
+            repository=event.context.repository,
+            run_id=event.context.run_id,
         )
     if isinstance(event, PolicyDecided):
         # allow/deny settle the request without an approval: forget it (bounded state)
         if event.decision != "require_approval" and (state is None or state.status == _REQUESTED):
             return None
+        if state is not None and event.decision == "require_approval":
+            return replace(state, policy_sha256=event.policy_sha256, estimated_bytes=event.estimated_bytes)
         return state
     if isinstance(event, ApprovalRequested):
         base = state or ApprovalState(request_id=event.request_id, session_id=event.session_id)

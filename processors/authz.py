@@ -7,7 +7,9 @@ is the executor ledger's job: it is the only place that remembers what already r
 
 The signed bytes are canonical JSON (sorted keys, no whitespace, UTF-8) over every field that
 decides what runs and where: request id, event id, statement and its hash, the masking plan,
-the target, the caps, expiry and nonce. Anything not signed cannot change what runs.
+the target, the caps, expiry and nonce, and the QUERY_TAG and cost estimate when present (they
+are left out when absent, so an authorisation signed before they existed still verifies).
+Anything not signed cannot change what runs.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def canonical_bytes(auth: Any) -> bytes:
         "nonce": auth.nonce,
         "key_id": auth.key_id,
     }
+    for optional in ("query_tag", "estimated_bytes"):
+        value = getattr(auth, optional, None)
+        if value is not None:
+            body[optional] = value
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -181,6 +187,8 @@ def make_authorization(
     requester: VerifiedIdentity | None,
     now: datetime,
     ttl_s: float,
+    query_tag: str | None = None,
+    estimated_bytes: int | None = None,
 ) -> ExecutionAuthorized:
     """A signed ExecutionAuthorized for one statement, valid for ``ttl_s`` seconds from ``now``."""
     unsigned = ExecutionAuthorized(
@@ -200,6 +208,8 @@ def make_authorization(
         key_id=signer.key_id,
         signature=b"",
         requester=requester,
+        query_tag=query_tag,
+        estimated_bytes=estimated_bytes,
     )
     signed: ExecutionAuthorized = signer.sign(unsigned)
     return signed

@@ -3,8 +3,10 @@
 For each ExecutionAuthorized: verify signature, hash, freshness (``processors.authz``) and
 single use (``processors.ledger``); refuse with QueryRejected(stage="authorization") otherwise.
 Then record the request in the ledger (fsynced), publish ExecutionStarted (acks=all, flushed),
-and only then run the statement with QUERY_TAG = request id, a statement timeout and the row
-cap; apply the result-value detectors; publish ResultPage events then QueryCompleted, or
+and only then run the statement with its QUERY_TAG (a JSON record, processors.query_tag), a
+statement timeout and the row cap; read Snowflake's record of what it cost
+(processors.executor_cost); apply the result-value detectors; publish ResultPage events then
+QueryCompleted, or
 QueryFailed with Snowflake's error. A request found started-but-unfinished on restart is
 reported ``outcome_unknown`` and never rerun.
 
@@ -29,9 +31,12 @@ from snowflake.connector.constants import FIELD_ID_TO_NAME
 
 from processors.authz import AuthzError, Verifier
 from processors.detectors import mask_rows
+from processors.executor_cost import QueryCost, cost_alert, read_cost
 from processors.ledger import Ledger, LedgerRow
+from processors.query_tag import executor_tag
 from processors.results import jsonable, paginate, result_sha256
 from processors.scrub import error_summary
+from querytrail.observability import COST_ALERTS
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     DetectorHit,
@@ -143,8 +148,8 @@ class ConnectionPool:
 
     Each request tags its session first: ``ALTER SESSION SET QUERY_TAG``, and
     ``STATEMENT_TIMEOUT_IN_SECONDS`` when the session does not have that timeout already. A
-    target that refuses ALTER SESSION (the emulator: fakesnow answers "not implemented", and
-    ignores session parameters at login as well) is noted once; QUERY_TAG then cannot be
+    target that refuses ALTER SESSION (plain fakesnow answers "not implemented"; the local
+    server, infra/fakesnow_server.py, keeps QUERY_TAG) is noted once; QUERY_TAG then cannot be
     applied there, and the client-side timeout still holds.
     """
 
@@ -156,13 +161,14 @@ class ConnectionPool:
         self.alter_session = True
         self._timeouts: dict[int, int] = {}  # id(session) -> the STATEMENT_TIMEOUT it was given
 
-    def acquire(self, rid: str, timeout_s: int) -> Any:
+    def acquire(self, query_tag: str, timeout_s: int) -> Any:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = connect(self.profile, {"QUERY_TAG": rid, "STATEMENT_TIMEOUT_IN_SECONDS": timeout_s})
+            conn = connect(self.profile, {"QUERY_TAG": query_tag, "STATEMENT_TIMEOUT_IN_SECONDS": timeout_s})
         if self.alter_session:
-            tag = rid.replace("\\", "\\\\").replace("'", "\\'")[:2000]
+            # the tag is at most 2,000 characters (processors.query_tag); escaped for the literal only
+            tag = query_tag.replace("\\", "\\\\").replace("'", "\\'")
             cur = conn.cursor()
             try:
                 cur.execute(f"ALTER SESSION SET QUERY_TAG = '{tag}'")
@@ -223,7 +229,7 @@ def run_statement(
     """Run one verified authorisation on Snowflake; never raises for Snowflake errors."""
     pool = pool or ConnectionPool(profile, size=0)
     try:
-        conn = pool.acquire(auth.request_id, auth.timeout_s)
+        conn = pool.acquire(executor_tag(auth), auth.timeout_s)
     except Exception as exc:  # login failures, DNS, refused connections: the statement never ran
         log.warning("snowflake unreachable: %s", _described(exc), extra={"request_id": auth.request_id})
         return Outcome([_failed(auth, "unreachable", exc)], "unreachable")
@@ -270,6 +276,7 @@ def run_statement(
         if isinstance(exc, Exception):  # fail fast, but the traceback must not carry a value
             raise RuntimeError(f"statement execution raised {_described(exc)}") from None
         raise
+    cost = read_cost(conn, sfqid, profile.database) if settings.executor.read_cost else None
     pool.release(conn, healthy=True)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     fault = os.environ.get(FAULT_SLEEP_ENV)
@@ -302,7 +309,7 @@ def run_statement(
             columns=columns,
             snowflake_query_id=sfqid,
             elapsed_ms=elapsed_ms,
-            bytes_scanned=None,  # not reported by the emulator; QUERY_HISTORY has it on an account
+            **_cost_fields(auth, cost, settings),
             result_sha256=result_sha256(names, masked_rows),
             pages=len(pages),
             truncated=truncated,
@@ -315,12 +322,48 @@ def run_statement(
     return Outcome(events, "completed")
 
 
+def _cost_fields(auth: ExecutionAuthorized, cost: QueryCost | None, settings: Settings) -> dict[str, Any]:
+    """QueryCompleted's cost fields from Snowflake's record (processors.executor_cost)."""
+    fields: dict[str, Any] = {"estimated_bytes": auth.estimated_bytes}
+    if cost is None:
+        return fields
+    alert = cost_alert(
+        auth.estimated_bytes,
+        cost.bytes_scanned,
+        settings.executor.cost_alert_factor,
+        settings.executor.cost_alert_min_bytes,
+    )
+    if alert:
+        COST_ALERTS.inc()
+        log.warning(
+            "cost alert: scanned %d bytes, %.1fx the estimate of %d bytes (query %s)",
+            cost.bytes_scanned or 0,
+            (cost.bytes_scanned or 0) / max(auth.estimated_bytes or 1, 1),
+            auth.estimated_bytes or 0,
+            cost.query_id,
+            extra={"request_id": auth.request_id},
+        )
+    fields.update(
+        bytes_scanned=cost.bytes_scanned,
+        partitions_scanned=cost.partitions_scanned,
+        partitions_total=cost.partitions_total,
+        rows_produced=cost.rows_produced,
+        queued_ms=cost.queued_ms,
+        execution_ms=cost.execution_ms,
+        warehouse_name=cost.warehouse_name,
+        warehouse_size=cost.warehouse_size,
+        role_name=cost.role_name,
+        cost_alert=alert,
+    )
+    return fields
+
+
 def started_event(auth: ExecutionAuthorized) -> ExecutionStarted:
     return ExecutionStarted(
         **_meta(auth),
         authorization_event_id=auth.event_id,
         statement_sha256=auth.statement_sha256,
-        query_tag=auth.request_id,
+        query_tag=executor_tag(auth),
         target_profile=auth.target.profile,
     )
 

@@ -22,6 +22,7 @@ from processors.catalog import Catalog
 from processors.decide import Decision, DecisionCache
 from processors.decide import decide_request as evaluate_request
 from processors.policy import ApprovalRequirement, ApprovalRule, IdentityClaims, Policy
+from processors.query_tag import build_query_tag
 from schemas.events import (
     ApprovalRequested,
     Credential,
@@ -224,6 +225,18 @@ def decide_request(
         requester=identity,
         now=now,
         ttl_s=config.authorization_ttl_s,
+        query_tag=build_query_tag(
+            request.request_id,
+            subject=identity.subject,
+            issuer=identity.issuer,
+            service_account=identity.service_account,
+            actor=identity.actor,
+            model=request.model,
+            repository=request.context.repository,
+            run_id=request.context.run_id,
+            policy_sha256=decision.policy_sha256,
+        ),
+        estimated_bytes=decision.estimated_bytes,
     )
     return [decided, authorized]
 
@@ -235,6 +248,18 @@ def authorize_approved(
     if state.target is None:
         # The QueryRequested was not found (state rebuilt from a truncated log): fail closed
         raise CredentialError("unknown_target", "the request's target is unknown")
+    who = state.requester
+    tag = build_query_tag(
+        state.request_id,
+        subject=who.subject if who else None,
+        issuer=who.issuer if who else None,
+        service_account=who.service_account if who else None,
+        actor=who.actor if who else None,
+        model=state.model,
+        repository=state.repository,
+        run_id=state.run_id,
+        policy_sha256=state.policy_sha256,
+    )
     return make_authorization(
         config.signer,
         request_id=state.request_id,
@@ -247,6 +272,8 @@ def authorize_approved(
         requester=state.requester,
         now=now,
         ttl_s=config.authorization_ttl_s,
+        query_tag=tag,
+        estimated_bytes=state.estimated_bytes,
     )
 
 

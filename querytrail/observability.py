@@ -101,6 +101,9 @@ SINK_COMMIT_LATENCY = Histogram(
     "Iceberg commit latency of the audit sink",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+COST_ALERTS = Counter(
+    "querytrail_cost_alerts_total", "Statements that scanned more than the alert factor times their estimate"
+)
 DEAD_LETTERS = Counter(
     "querytrail_dead_letters_total", "Records sent to the dead-letter topic", ["source_topic"]
 )

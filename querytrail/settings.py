@@ -168,6 +168,9 @@ class ExecutorSettings(_Frozen):
     authorization_max_age_s: float = 900.0
     concurrency: int = 8  # statements run in parallel (each request still runs at most once)
     commit_interval_s: float = 1.0  # handled offsets are committed this often (asynchronously)
+    read_cost: bool = True  # read each statement's QUERY_HISTORY row (bytes scanned, partitions, queue)
+    cost_alert_factor: float = 10.0  # alert when bytes scanned exceed the estimate by this factor
+    cost_alert_min_bytes: int = 1_048_576  # ... and are above this (tiny scans never alert)
 
 
 class WorkerSettings(_Frozen):

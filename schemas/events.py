@@ -470,6 +470,10 @@ class ExecutionAuthorized:
     signature: bytes
     #: The requester, for the audit log.
     requester: VerifiedIdentity | None = None
+    #: The policy's estimate of bytes scanned, for the executor's cost alert.
+    estimated_bytes: int | None = None
+    #: The QUERY_TAG (a JSON object) the executor sets for this statement; signed.
+    query_tag: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -582,6 +586,26 @@ class QueryCompleted:
     detector_hits: tuple[DetectorHit, ...] = ()
     #: Classifications masked in this result.
     classifications_touched: tuple[str, ...] = ()
+    #: The policy's estimate of bytes scanned, from the authorisation, when known.
+    estimated_bytes: int | None = None
+    #: Micro-partitions scanned (Snowflake's QUERY_HISTORY), when known.
+    partitions_scanned: int | None = None
+    #: Micro-partitions of the tables read (QUERY_HISTORY), when known.
+    partitions_total: int | None = None
+    #: Rows the statement produced on Snowflake (before the row cap), when known.
+    rows_produced: int | None = None
+    #: Time queued on the warehouse (provisioning, repair, overload), when known.
+    queued_ms: int | None = None
+    #: Snowflake's execution time (QUERY_HISTORY.EXECUTION_TIME), when known.
+    execution_ms: int | None = None
+    #: The warehouse that ran the statement (QUERY_HISTORY), when known.
+    warehouse_name: str | None = None
+    #: That warehouse's size when it ran (QUERY_HISTORY), when known.
+    warehouse_size: str | None = None
+    #: The Snowflake role the statement ran with (QUERY_HISTORY), when known.
+    role_name: str | None = None
+    #: Bytes scanned exceeded the estimate by more than the executor's alert factor.
+    cost_alert: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ that window. The kill itself is a real SIGKILL of the real process.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -48,7 +49,7 @@ def test_sigkill_after_started_reports_outcome_unknown_and_never_reruns(fresh_pi
     try:
         p.wait_log("executor", "fault injection", timeout=60)
         started = [e for e in events(p, "executions", rid) if isinstance(e, ExecutionStarted)]
-        assert len(started) == 1 and started[0].query_tag == rid
+        assert len(started) == 1 and json.loads(started[0].query_tag)["request_id"] == rid
         p.kill("executor", signal.SIGKILL)
 
         count = f"SELECT COUNT(*) FROM ANALYTICS.PUBLIC.SCRATCH_EVENTS WHERE EVENT = '{marker}'"

@@ -136,7 +136,7 @@ def test_handle_runs_once_and_refuses_forgeries(qt_settings: Callable[..., Setti
     good = auth("SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 1", rid="h1")
     assert executor.handle(good) == "completed"
     assert [type(e) for e in sink.events] == [ExecutionStarted, ResultPage, QueryCompleted]
-    assert sink.events[0].query_tag == "h1"
+    assert json.loads(sink.events[0].query_tag)["request_id"] == "h1"
     assert executor.handle(good) == "duplicate"
     forged = make_authorization(
         Signer(Ed25519PrivateKey.generate()),
