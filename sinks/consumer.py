@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from querytrail.keys import KID_HEADER, SIG_HEADER, header_value
 from querytrail.observability import SINK_COMMIT_LATENCY
 from querytrail.settings import Settings
 from schemas.topics import topic_names
@@ -199,6 +200,8 @@ class SinkRunner:
                     log.warning("consumer error: %s", err)
                 continue
             ts_type, ts = msg.timestamp()
+            headers = msg.headers()
+            kid = header_value(headers, KID_HEADER)
             record = Record(
                 str(msg.topic()),
                 int(msg.partition() or 0),
@@ -206,8 +209,10 @@ class SinkRunner:
                 msg.key(),
                 msg.value() or b"",
                 ts if ts_type else None,
+                header_value(headers, SIG_HEADER),  # the witness travels with the row
+                kid.decode("utf-8", "replace") if kid is not None else None,
             )
-            self.dead.check_signature(record, msg.headers())
+            self.dead.check_signature(record, headers)
             self.sink.add(record)
 
     def run(self) -> None:

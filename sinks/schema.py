@@ -127,6 +127,9 @@ def _fields() -> list[NestedField]:
     fields += [
         NestedField(next(fid), "payload_json", _S, required=False),
         NestedField(next(fid), "avro", BinaryType(), required=True),
+        # the producer's witness (docs/security.md): its Ed25519 signature over (topic, avro)
+        NestedField(next(fid), "signature", BinaryType(), required=False),
+        NestedField(next(fid), "signing_key_id", _S, required=False),
         NestedField(next(fid), "avro_sha256", _S, required=True),
         NestedField(next(fid), "chain_hash", _S, required=True),
         NestedField(next(fid), "ingested_at", TimestamptzType(), required=True),

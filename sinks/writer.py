@@ -59,6 +59,8 @@ class Record:
     key: bytes | None
     value: bytes
     timestamp_ms: int | None = None
+    signature: bytes | None = None  # the producer's qt-sig header (docs/security.md), kept as is
+    signing_key_id: str | None = None  # its qt-kid header
 
 
 @dataclass
@@ -91,6 +93,7 @@ def record_row(record: Record, decode: Callable[[bytes], Any]) -> dict[str, Any]
         )
     row["topic"], row["partition"], row["offset"] = record.topic, record.partition, record.offset
     row["avro"] = record.value
+    row["signature"], row["signing_key_id"] = record.signature, record.signing_key_id
     return row
 
 
@@ -348,7 +351,19 @@ class IcebergSink(BatchingSink):
             return convert(records, self.decode)
         return self._pool.submit(
             _convert_in_worker,
-            [(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in records],
+            [
+                (
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    r.timestamp_ms,
+                    r.signature,
+                    r.signing_key_id,
+                )
+                for r in records
+            ],
         )
 
     def reload(self) -> SinkState:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from reliability_stack import Stack, events, stacks, wait_for
+from reliability_stack import Stack, events, iceberg_rows, stacks, wait_for
 
 from infra.clients import make_producer, produce_sync
 from querytrail.keys import EventSigner
@@ -266,3 +266,25 @@ def _context() -> Any:
     from schemas.events import ClientContext
 
     return ClientContext(ci_provider="local")
+
+
+def test_the_audit_log_keeps_each_records_signature(forged_stack: Stack) -> None:
+    """The sink stores the producer's signature and key id with the row: the witness stays."""
+    from querytrail.keys import event_signer, event_verifier
+
+    s = forged_stack
+    completed = next(e for e in events(s, "results") if isinstance(e, QueryCompleted))
+    executor = event_signer(s.settings, "executor")
+    assert executor is not None
+    fields = ("event_id", "topic", "avro", "signature", "signing_key_id")
+    deadline = time.monotonic() + 60
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline and not row:
+        rows = iceberg_rows(s, fields)
+        found = [] if rows is None else [r for r in rows.to_pylist() if r["event_id"] == completed.event_id]
+        row = found[0] if found else {}
+        time.sleep(0.5 if not row else 0)
+    assert row, "the completed event is not in the audit log"
+    assert row["signing_key_id"] == executor.key_id
+    headers = [("qt-sig", row["signature"]), ("qt-kid", row["signing_key_id"].encode())]
+    assert event_verifier(s.settings).verify(row["topic"], row["avro"], headers) == executor.key_id

@@ -74,7 +74,16 @@ def _forgeries(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[str, bytes]] | N
     outsiders = [s for s in SERVICES if s not in SIGNED_TOPICS[suffix]]
     how = draw(
         st.sampled_from(
-            ["unsigned", "stranger", "flip_value", "flip_sig", "flip_kid", "other_topic", "sig_only", "kid_only"]
+            [
+                "unsigned",
+                "stranger",
+                "flip_value",
+                "flip_sig",
+                "flip_kid",
+                "other_topic",
+                "sig_only",
+                "kid_only",
+            ]
             + (["outsider"] if outsiders else [])
         )
     )

@@ -43,11 +43,33 @@ def stream(n: int) -> Iterator[Any]:
         i += 1
 
 
+# the service whose key signs each topic's events in a running stack (docs/security.md)
+_SIGNER_OF = {"decisions": "worker", "executions": "worker", "results": "executor", "catalog": "executor"}
+
+
+def _signers(settings: Settings | None) -> dict[str, Any]:
+    from querytrail.keys import event_signer
+
+    if settings is None:
+        return {}
+    return {suffix: event_signer(settings, _SIGNER_OF.get(suffix, "ingress")) for suffix in TOPICS}
+
+
 def produce(
-    bootstrap: str, prefix: str, events: Iterator[Any], pause_every: int = 0, pause_s: float = 0.0
+    bootstrap: str,
+    prefix: str,
+    events: Iterator[Any],
+    pause_every: int = 0,
+    pause_s: float = 0.0,
+    settings: Settings | None = None,
 ) -> dict[str, int]:
-    """Produce every event to its topic (murmur2 on the request id); returns counts per topic."""
+    """Produce every event to its topic (murmur2 on the request id); returns counts per topic.
+
+    With ``settings``, each record is signed as its producing service would (the sink
+    dead-letters records of its topics that no trusted key signed).
+    """
     names = topic_names(prefix)
+    signers = _signers(settings)
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -59,10 +81,13 @@ def produce(
     )
     counts: dict[str, int] = {}
     for n, event in enumerate(events, 1):
-        topic = names[_TOPIC_OF[event.event_type]]
+        suffix = _TOPIC_OF[event.event_type]
+        topic, value = names[suffix], CODEC.encode(event)
+        signer = signers.get(suffix)
+        headers = signer.headers(topic, value) if signer is not None else None
         while True:
             try:
-                producer.produce(topic, key=key_for(event), value=CODEC.encode(event))
+                producer.produce(topic, key=key_for(event), value=value, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.1)

@@ -68,7 +68,7 @@ def test_stream_lands_exactly_once_and_restart_adds_nothing(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix)
-    counts = produce(kafka_bootstrap, topic_prefix, stream(3000))
+    counts = produce(kafka_bootstrap, topic_prefix, stream(3000), settings=settings)
     produce_raw(kafka_bootstrap, f"{topic_prefix}.deadletter", b"\x00not avro at all")
     counts[f"{topic_prefix}.deadletter"] = counts.get(f"{topic_prefix}.deadletter", 0) + 1
     with _SinkThread(settings):
@@ -102,7 +102,7 @@ def test_catalog_outage_loses_nothing(
         real_append(self, *args, **kwargs)
 
     monkeypatch.setattr(Table, "append", flaky_append)
-    counts = produce(kafka_bootstrap, topic_prefix, stream(500))
+    counts = produce(kafka_bootstrap, topic_prefix, stream(500), settings=settings)
     with _SinkThread(settings):
         assert wait_rows(settings, 500, timeout=180) == 500
     assert failures["left"] == 0
@@ -143,7 +143,9 @@ def test_sigkill_at_random_points_neither_loses_nor_duplicates(
         # ~60 s of production, so the five incarnations (each waits out the killed one's session
         # before it is assigned) are killed while rows still arrive, however fast the sink writes
         # (with ~30 s, a loaded CI run once saw the second incarnation start after the last row)
-        target=lambda: counts.update(produce(kafka_bootstrap, topic_prefix, stream(total), 100, 0.6)),
+        target=lambda: counts.update(
+            produce(kafka_bootstrap, topic_prefix, stream(total), 100, 0.6, settings)
+        ),
         daemon=True,
     )
     producer.start()
@@ -189,7 +191,7 @@ def test_garbage_on_topics_only_the_sink_reads_is_dead_lettered_once_after_it_is
     from .helpers import CODEC
 
     settings = sink_settings(tmp_path / "home", kafka_bootstrap, topic_prefix)
-    counts = produce(kafka_bootstrap, topic_prefix, stream(300))
+    counts = produce(kafka_bootstrap, topic_prefix, stream(300), settings=settings)
     requested = next(e for e in stream(1) if isinstance(e, QueryRequested))
     bad = {  # topic -> (value, the DeadLetter reason, or None when none is due)
         "results": (b"\xc3\x01not an event", "undecodable"),
