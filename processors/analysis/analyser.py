@@ -84,7 +84,7 @@ def _analyse_one(ctx: Context, budget: Budget, database: str | None, schema: str
     try:
         rebalance_connectors(long_chains(ctx.node))
         selects: list[exp.Select] = []
-        budget.check_shape(measure(ctx.node, selects))
+        budget.check_shape(measure(ctx.node, selects, drop_positions=True))
         names = output_names(ctx.node) if ctx.kind == "select" else []
         _qualify(ctx, selects, database, schema)
         budget.check_time("qualification")
