@@ -23,7 +23,8 @@ The rule, exactly (``Scanner``):
   not a substring of its shown text, and is either at least ``TEXT_FRAGMENT`` (5) characters
   long and contains a non-digit, or is a run of at least ``DIGIT_FRAGMENT`` (7) digits of ``v``
   with the separators ``-() ./+`` removed (so ``REPLACE(ssn, '-', '')`` or ``TO_NUMBER`` of a
-  card number are caught). Shorter fragments are ignored (3-4 digits of a 9-digit SSN are not
+  card number are caught); in an error message a text fragment must be at least
+  ``ERROR_FRAGMENT`` (6) long, since error texts are English prose. Shorter fragments are ignored (3-4 digits of a 9-digit SSN are not
   found; documented limit), as are digit runs of 5-6 (a random 5-digit run is too likely to
   turn up in a sum or a count by chance).
 - A fragment is not forbidden when it carries no information about a row: it also occurs in
@@ -43,7 +44,12 @@ instead: every read of a table with classified columns is a derived table that o
 the emulator, returns no forbidden fragment. What the rest of the statement computes from it
 then cannot carry more.
 
-Not covered by this property (see docs/policy.md): one-bit-at-a-time channels (row counts,
+Each statement shape (projection, aggregate, join, window, set, nested, flatten, time travel,
+Snowflake-only, ORDERS join) is its own test with a fixed number of examples, derandomized.
+
+Not covered by this property (see docs/policy.md): the hash mask is an unsalted SHA2, so a
+low-entropy value (a name from a small set, a 9-digit SSN) is recovered by hashing candidates;
+64-hex digests are therefore not scanned for fragments here. One-bit-at-a-time channels (row counts,
 COUNT_IF results, which rows a predicate keeps) carry no fragment and are held by the
 ``sensitive_predicate`` rule instead; a substitution cipher (TRANSLATE) is not generated.
 """
