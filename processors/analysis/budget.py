@@ -207,6 +207,8 @@ def rebalance_connectors(chains: list[exp.Expr]) -> int:
     """
     done = 0
     for root in chains:
+        if root.parent is None:
+            continue  # a bare expression, not inside a statement: nothing to replace it in
         terms, comments = _terms(root)
         for term in terms:
             term.parent = None
