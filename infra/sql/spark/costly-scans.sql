@@ -1,5 +1,6 @@
 -- Costly scans: requests whose SQL the analyser flagged as a full_table_scan, or whose estimated
--- bytes exceed {{bytes_threshold}}, with the prompt that produced the SQL and what it really scanned.
+-- or actual bytes (Snowflake's QUERY_HISTORY, read back by the executor) exceed {{bytes_threshold}},
+-- with the prompt that produced the SQL, the estimate and what it really scanned side by side.
 -- Placeholders: {{since}}, {{until}}, {{bytes_threshold}}.
 WITH dec AS (
   SELECT * FROM (
@@ -8,7 +9,6 @@ WITH dec AS (
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, `offset`) AS rn
     FROM querytrail.audit.events
     WHERE event_type = 'PolicyDecided'
-      AND (array_contains(findings, 'full_table_scan') OR coalesce(estimated_bytes, 0) > {{bytes_threshold}})
       AND occurred_at >= {{since}} AND occurred_at < {{until}}) t WHERE rn = 1
 ), req AS (
   SELECT * FROM (
@@ -25,6 +25,8 @@ SELECT dec.request_id,
        array_contains(dec.findings, 'full_table_scan') AS full_table_scan,
        dec.estimated_bytes,
        done.bytes_scanned,
+       CASE WHEN dec.estimated_bytes > 0 THEN round(CAST(done.bytes_scanned AS DOUBLE) / dec.estimated_bytes, 2)
+       END AS scanned_vs_estimate,
        dec.decision,
        dec.tables,
        req.model,
@@ -35,4 +37,6 @@ SELECT dec.request_id,
 FROM dec
 LEFT JOIN req ON req.request_id = dec.request_id
 LEFT JOIN done ON done.request_id = dec.request_id
+WHERE array_contains(dec.findings, 'full_table_scan') OR coalesce(dec.estimated_bytes, 0) > {{bytes_threshold}}
+   OR coalesce(done.bytes_scanned, 0) > {{bytes_threshold}}
 ORDER BY coalesce(done.bytes_scanned, dec.estimated_bytes, 0) DESC, dec.decided_at
