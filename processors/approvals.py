@@ -109,7 +109,13 @@ def evolve(state: ApprovalState | None, event: Event) -> ApprovalState | None:
         if event.decision != "require_approval" and (state is None or state.status == _REQUESTED):
             return None
         if state is not None and event.decision == "require_approval":
-            return replace(state, policy_sha256=event.policy_sha256, estimated_bytes=event.estimated_bytes)
+            # the role and warehouse are the ones the policy chose (processors.run_as), not the caller's
+            target = state.target
+            if target is not None:
+                target = replace(target, role=event.run_as_role, warehouse=event.run_as_warehouse)
+            return replace(
+                state, policy_sha256=event.policy_sha256, estimated_bytes=event.estimated_bytes, target=target
+            )
         return state
     if isinstance(event, ApprovalRequested):
         base = state or ApprovalState(request_id=event.request_id, session_id=event.session_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from processors.decide import Decision, DecisionCache
 from processors.decide import decide_request as evaluate_request
 from processors.policy import ApprovalRequirement, ApprovalRule, IdentityClaims, Policy
 from processors.query_tag import build_query_tag
+from processors.run_as import RunAsDenied, resolve_run_as
 from schemas.events import (
     ApprovalRequested,
     Credential,
@@ -165,11 +166,19 @@ def decide_request(
     outcome = decision.decision
     if outcome != "deny" and not decision.rewritten_sql:
         outcome = "deny"  # nothing to run: never fall back to the unmasked SQL
+    reasons, deny_code, target = decision.reasons, "denied_by_policy", request.target
+    if outcome != "deny":  # the role and warehouse are the policy's to choose (processors.run_as)
+        run_as = resolve_run_as(policy, outcome, decision.rules, target.role, target.warehouse)
+        if isinstance(run_as, RunAsDenied):
+            outcome, deny_code = "deny", "run_as_not_allowed"
+            reasons = (*reasons, f"run_as: {run_as.reason}")
+        else:
+            target = replace(target, role=run_as.role, warehouse=run_as.warehouse)
     decided = PolicyDecided(
         **_meta(request, now),
         decision=outcome,
         rules=decision.rules,
-        reasons=decision.reasons,
+        reasons=reasons,
         statement=decision.statement,
         tables=decision.tables,
         findings=tuple(Finding(code=f.code, detail=f.detail) for f in decision.findings),
@@ -182,11 +191,13 @@ def decide_request(
         classifications_touched=decision.classifications_touched,
         tags=decision.tags,
         unmasked_columns=_unmasked(decision),
+        run_as_role=target.role if outcome != "deny" else None,
+        run_as_warehouse=target.warehouse if outcome != "deny" else None,
     )
     max_rows = _max_rows(decision.max_result_rows, request.max_rows)
     if outcome == "deny":
-        reason = "; ".join(decision.reasons) or "denied by policy"
-        rejected = _rejected(request, now, "policy", "denied_by_policy", reason, identity, decision.rules)
+        reason = "; ".join(reasons) or "denied by policy"
+        rejected = _rejected(request, now, "policy", deny_code, reason, identity, decision.rules)
         return [decided, rejected]
     statement = decision.rewritten_sql or ""
     if outcome == "require_approval":
@@ -219,7 +230,7 @@ def decide_request(
         session_id=request.session_id,
         statement=statement,
         masked_columns=masked,
-        target=request.target,
+        target=target,
         max_rows=max_rows,
         timeout_s=config.statement_timeout_s,
         requester=identity,

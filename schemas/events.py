@@ -548,6 +548,10 @@ class PolicyDecided:
     tags: tuple[str, ...] = ()
     #: Classified columns released raw (unmasked), with the grant or rule.
     unmasked_columns: tuple[UnmaskedColumn, ...] = ()
+    #: The Snowflake role the statement runs with, chosen by the deciding rule's run_as (None: the profile's).
+    run_as_role: str | None = None
+    #: The warehouse it runs with, chosen by the deciding rule's run_as (None: the profile's).
+    run_as_warehouse: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

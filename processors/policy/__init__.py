@@ -20,6 +20,7 @@ from processors.policy.model import (
     Policy,
     PolicyError,
     Rule,
+    RunAs,
     UnmaskGrant,
 )
 from processors.policy.units import SIZE_UNITS, parse_duration, parse_glob, parse_hours, parse_size
@@ -42,6 +43,7 @@ __all__ = [
     "PolicyClassifier",
     "PolicyError",
     "Rule",
+    "RunAs",
     "UnmaskGrant",
     "dynamic_match",
     "grant_matches",

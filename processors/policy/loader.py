@@ -25,6 +25,7 @@ from processors.policy.model import (
     Policy,
     PolicyError,
     Rule,
+    RunAs,
     UnmaskGrant,
 )
 from processors.policy.units import parse_duration, parse_glob, parse_hours, parse_size
@@ -355,7 +356,7 @@ def _default_decision(
 
 
 def _rule(r: _Reader, node: Node, ttl: int, known_tags: frozenset[str]) -> Rule:
-    spec = r.mapping(node, "rule", {"id", "description", "when", "then"}, required=("id", "then"))
+    spec = r.mapping(node, "rule", {"id", "description", "when", "then", "run_as"}, required=("id", "then"))
     rule_id = r.string(spec["id"], "rule id")
     if not set(rule_id) <= _RULE_ID_CHARS:
         _fail(spec["id"], f"rule id {rule_id!r} may only hold letters, digits and - _ . :")
@@ -376,7 +377,35 @@ def _rule(r: _Reader, node: Node, ttl: int, known_tags: frozenset[str]) -> Rule:
         if then not in ("allow", "deny"):
             _fail(then_node, f"then must be allow, deny or {{require_approval: ...}}, got {then!r}")
     line = node.start_mark.line + 1
-    return Rule(id=rule_id, when=when, then=then, approval=approval, description=description, line=line)
+    run_as = _run_as(r, spec["run_as"]) if "run_as" in spec else None
+    if run_as is not None and then == "deny":
+        _fail(spec["run_as"], "run_as on a deny rule means nothing: a denied statement never runs")
+    return Rule(
+        id=rule_id, when=when, then=then, approval=approval, description=description, line=line, run_as=run_as
+    )
+
+
+def _snowflake_names(r: _Reader, node: Node, what: str) -> tuple[str, ...]:
+    """One name or a list of names; unquoted identifiers upper-cased as Snowflake resolves them."""
+    items = [(node, r.string(node, what))] if isinstance(node, ScalarNode) else r.strings(node, what)
+    if not items:
+        _fail(node, f"run_as {what} must name at least one")
+    out: list[str] = []
+    for item_node, name in items:
+        if not name or any(c in name for c in "'\";\n"):
+            _fail(item_node, f"run_as {what} {name!r} is not a Snowflake identifier")
+        out.append(name.upper())
+    return tuple(dict.fromkeys(out))
+
+
+def _run_as(r: _Reader, node: Node) -> RunAs:
+    spec = r.mapping(node, "run_as", {"role", "warehouse"})
+    if not spec:
+        _fail(node, "run_as needs role and/or warehouse")
+    return RunAs(
+        roles=_snowflake_names(r, spec["role"], "role") if "role" in spec else (),
+        warehouses=_snowflake_names(r, spec["warehouse"], "warehouse") if "warehouse" in spec else (),
+    )
 
 
 def _when(r: _Reader, node: Node, known_tags: frozenset[str]) -> Conditions:

@@ -22,6 +22,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Rule",
+    "RunAs",
     "UnmaskGrant",
 ]
 
@@ -180,6 +181,18 @@ class Conditions:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """A rule's ``run_as``: the Snowflake roles and warehouses its statements may run with.
+
+    The first of each is the default; a caller may ask for another only among these. An empty
+    tuple leaves that one to the connection profile (and a caller may not choose it).
+    """
+
+    roles: tuple[str, ...] = ()
+    warehouses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     when: Conditions
@@ -187,6 +200,7 @@ class Rule:
     approval: ApprovalRequirement | None = None
     description: str | None = None
     line: int | None = None
+    run_as: RunAs | None = None
 
 
 @dataclass(frozen=True)
