@@ -103,6 +103,8 @@ class _Prepared:
     # per set of classifications released raw: the plan, or why it could not be made
     masking: dict[frozenset[tuple[str, str, str]], MaskingPlan | str] = field(default_factory=dict)
     decisions: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision] = field(default_factory=dict)
+    tree_used: bool = False  # the analysis tree was rewritten in place by a first masking plan
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _CLASSIFIERS: OrderedDict[tuple[str, str], tuple[PolicyClassifier, dict[str, str]]] = OrderedDict()
@@ -218,17 +220,23 @@ def _released(
 
 def _plan(prep: _Prepared, catalog: Catalog, unmasked: dict[str, tuple[str, str]]) -> MaskingPlan | str:
     key = frozenset((c, g, why) for c, (g, why) in unmasked.items())
-    found = prep.masking.get(key)
-    if found is None:
+    with prep.lock:  # decisions may run on a thread pool; the first plan rewrites the tree in place
+        found = prep.masking.get(key)
+        if found is not None:
+            return found
+        a = prep.analysis
         try:
+            if prep.tree_used:  # another release set of the same statement (rare): a fresh tree
+                a = analyse(a.sql, catalog, prep.classifier, database=a.database, schema=a.schema)
+            prep.tree_used = True
             found = plan_read_masking(
-                prep.analysis, prep.masks, prep.classifier, catalog=catalog, unmasked=unmasked
+                a, prep.masks, prep.classifier, catalog=catalog, unmasked=unmasked, consume=True
             )
         except Exception as exc:  # any masking failure must stop the statement
-            log.warning("masking failed for fingerprint %s: %s", prep.analysis.fingerprint[:16], exc)
+            log.warning("masking failed for fingerprint %s: %s", a.fingerprint[:16], exc)
             found = f"{type(exc).__name__}: {exc}"
         prep.masking[key] = found
-    return found
+        return found
 
 
 def _decide(

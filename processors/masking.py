@@ -340,7 +340,10 @@ def _mask_reads(
     ctes = _cte_names(tree)
     reads: dict[str, MaskedRead] = {}
     released: dict[str, ReleasedColumn] = {}
-    for table in list(tree.find_all(exp.Table)):
+    masked_inner: set[int] = set()
+    # innermost first: a read nested in another read's clauses (AT(TIMESTAMP => (SELECT ...)))
+    # is replaced before the outer read's clauses are copied into its derived table
+    for table in sorted(tree.find_all(exp.Table), key=_depth, reverse=True):
         if table.find_ancestor(exp.Describe) is not None:
             continue
         if isinstance(table.parent, exp.Clone):
@@ -389,8 +392,28 @@ def _mask_reads(
                 placeholder.set("pivots", table.args["pivots"])
             table.replace(placeholder)
         else:
-            table.replace(_derived(table, masks.projection()))
+            derived = _derived(table, masks.projection())
+            masked_inner.add(id(derived.this.args["from_"].this))  # the one table it reads
+            table.replace(derived)
+    # the property itself, checked on the result: no classified table is read but through its mask
+    for table in tree.find_all(exp.Table):
+        fq = table_fq(table)
+        if fq is None or id(table) in written or id(table) in masked_inner:
+            continue
+        if table.find_ancestor(exp.Describe) is not None or isinstance(table.parent, exp.Clone):
+            continue
+        if masker.catalog.table(fq) is not None and masker.table(fq).masked:
+            raise MaskingError(f"a read of {fq} could not be masked")
     return list(reads.values()), list(released.values())
+
+
+def _depth(node: exp.Expr) -> int:
+    depth = 0
+    parent = node.parent
+    while parent is not None:
+        depth += 1
+        parent = parent.parent
+    return depth
 
 
 def _choose(out: OutputColumn, masker: _ReadMasker) -> tuple[MaskedColumnPlan | None, bool]:
@@ -418,10 +441,13 @@ def plan_read_masking(
     *,
     catalog: Any = None,
     unmasked: Mapping[str, tuple[str, str]] | None = None,
+    consume: bool = False,
 ) -> MaskingPlan:
     """The statement to run with every classified read masked, and what was masked or released.
 
     ``unmasked`` maps a classification to the (grant id, reason) that releases it raw.
+    ``consume=True`` rewrites ``analysis.parsed`` in place instead of a copy (a large statement's
+    copy costs as much as its analysis): the caller must not use that tree again.
     Statements that read no rows (USE, SHOW, DESCRIBE, ...) and statements that read no
     classified column come back as their own text. Raises MaskingError when the statement
     cannot be masked with certainty (unknown, multi-statement and CALL text, unexpanded ``*``,
@@ -449,7 +475,7 @@ def plan_read_masking(
     masker = _ReadMasker(
         masks_by_classification, classifier, _catalog_of(classifier, catalog), unmasked or {}
     )
-    tree = analysis.parsed.copy()
+    tree = analysis.parsed if consume else analysis.parsed.copy()
     splices: dict[str, str] = {}
     reads, released = _mask_reads(tree, masker, splices)
     plans: list[MaskedColumnPlan | None] = []

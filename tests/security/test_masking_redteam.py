@@ -843,9 +843,6 @@ def test_no_raw_value_or_fragment_escapes(cursor: Any, shape: str) -> None:
         assert stats["ran"] + stats["error"] == runs, stats
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a read nested in a time-travel clause is copied raw (masking._derived)"
-)
 def test_read_nested_in_time_travel_is_masked() -> None:
     """A classified read inside the AT clause of another masked read is masked as well.
 
