@@ -76,8 +76,17 @@ def test_stream_lands_exactly_once_and_restart_adds_nothing(
     with _SinkThread(settings):  # a restart resumes from the snapshot: nothing re-added
         time.sleep(3)
     _assert_exactly_once(settings, counts)
-    report = verify(settings)
+    # every witness line is on the witness topic too, and verify compares the two
+    from sinks.consumer import witness_path
+    from sinks.witness import read_witness_topic
+
+    published = read_witness_topic(settings)
+    assert published == witness_path(settings).read_bytes().splitlines() and published
+    report = verify(settings, published=published)
     assert report.ok, report.problems[:5]
+    assert report.witness_published == report.witness_entries == len(published)
+    witness_path(settings).write_bytes(b"".join(ln + b"\n" for ln in published[:-1]))
+    assert any(p.kind == "witness" for p in verify(settings, published=published).problems)
     rows = open_table(settings).scan(row_filter="event_type == 'Undecodable'").to_arrow()
     assert rows["avro"].to_pylist() == [b"\x00not avro at all"]
 
