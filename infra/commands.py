@@ -360,17 +360,18 @@ def smoke(settings: Settings) -> list[str]:
 
     from infra.clients import make_consumer, make_producer, poll_messages, produce_sync
     from schemas.codec import EventCodec, key_for
-    from schemas.topics import topic_names
+    from schemas.topics import WITNESS, topic_names
 
     done: list[str] = []
     kafka = settings.kafka
     conf: dict[str, Any] = {**kafka.confluent_config(), "logger": logging.getLogger("querytrail.rdkafka")}
     admin = AdminClient(conf)
     existing = admin.list_topics(timeout=15).topics
-    missing = [t for t in topic_names(kafka.topic_prefix).values() if t not in existing]
+    wanted = [*topic_names(kafka.topic_prefix).values(), WITNESS.name(kafka.topic_prefix)]
+    missing = [t for t in wanted if t not in existing]
     if missing:
         raise RuntimeError(f"topics missing on {kafka.bootstrap_servers}: {missing} (run `querytrail up`)")
-    done.append(f"kafka {kafka.bootstrap_servers}: the {len(topic_names())} querytrail topics exist")
+    done.append(f"kafka {kafka.bootstrap_servers}: the {len(wanted)} querytrail topics exist")
 
     topic = f"{kafka.topic_prefix}.smoke-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, 1, kafka.replication_factor)])[topic].result(15)
