@@ -79,7 +79,7 @@ class ApprovalState:
     masked_columns: tuple[MaskedColumn, ...] = ()
     approvers: tuple[VerifiedIdentity, ...] = ()  # accepted approvals, in order
     judged: frozenset[str] = frozenset()  # verdict event ids already judged (dedupe)
-    # for the QUERY_TAG and the cost alert of the released statement (processors.query_tag)
+    # for the QUERY_TAG and the cost alert of the released statement (querytrail.query_tag)
     model: str | None = None
     repository: str | None = None
     run_id: str | None = None

@@ -3,7 +3,7 @@
 For each ExecutionAuthorized: verify signature, hash, freshness (``processors.authz``) and
 single use (``processors.ledger``); refuse with QueryRejected(stage="authorization") otherwise.
 Then record the request in the ledger (fsynced), publish ExecutionStarted (acks=all, flushed),
-and only then run the statement with its QUERY_TAG (a JSON record, processors.query_tag), a
+and only then run the statement with its QUERY_TAG (a JSON record, querytrail.query_tag), a
 statement timeout and the row cap; read Snowflake's record of what it cost
 (processors.executor_cost); apply the result-value detectors; publish ResultPage events then
 QueryCompleted, or
@@ -33,10 +33,10 @@ from processors.authz import AuthzError, Verifier
 from processors.detectors import mask_rows
 from processors.executor_cost import QueryCost, cost_alert, read_cost
 from processors.ledger import Ledger, LedgerRow
-from processors.query_tag import executor_tag
 from processors.results import jsonable, paginate, result_sha256
 from processors.scrub import error_summary
 from querytrail.observability import COST_ALERTS
+from querytrail.query_tag import executor_tag
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     DetectorHit,
@@ -167,7 +167,7 @@ class ConnectionPool:
         if conn is None:
             conn = connect(self.profile, {"QUERY_TAG": query_tag, "STATEMENT_TIMEOUT_IN_SECONDS": timeout_s})
         if self.alter_session:
-            # the tag is at most 2,000 characters (processors.query_tag); escaped for the literal only
+            # the tag is at most 2,000 characters (querytrail.query_tag); escaped for the literal only
             tag = query_tag.replace("\\", "\\\\").replace("'", "\\'")
             cur = conn.cursor()
             try:

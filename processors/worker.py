@@ -22,8 +22,8 @@ from processors.catalog import Catalog
 from processors.decide import Decision, DecisionCache
 from processors.decide import decide_request as evaluate_request
 from processors.policy import ApprovalRequirement, ApprovalRule, IdentityClaims, Policy
-from processors.query_tag import build_query_tag
 from processors.run_as import RunAsDenied, resolve_run_as
+from querytrail.query_tag import build_query_tag
 from schemas.events import (
     ApprovalRequested,
     Credential,

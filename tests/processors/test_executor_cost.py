@@ -1,5 +1,5 @@
 """The executor reads Snowflake's record of each statement (processors/executor_cost.py) and tags
-it with a JSON QUERY_TAG (processors/query_tag.py); against the real local fakesnow server."""
+it with a JSON QUERY_TAG (querytrail/query_tag.py); against the real local fakesnow server."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from processors.authz import Signer, Verifier, canonical_bytes, make_authorization
 from processors.executor import run_statement
 from processors.executor_cost import cost_alert, read_cost
-from processors.query_tag import build_query_tag, executor_tag
 from querytrail.observability import COST_ALERTS
+from querytrail.query_tag import build_query_tag, executor_tag
 from querytrail.settings import Settings
 from schemas.events import ExecutionAuthorized, QueryCompleted, Target, VerifiedIdentity, utcnow
 

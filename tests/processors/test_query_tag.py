@@ -1,5 +1,5 @@
 """QUERY_TAG is a JSON object within Snowflake's 2,000 characters; untrusted text is cut and
-escaped (processors/query_tag.py)."""
+escaped (querytrail/query_tag.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.query_tag import MAX_TAG_CHARS, build_query_tag, parse_query_tag
+from querytrail.query_tag import MAX_TAG_CHARS, build_query_tag, parse_query_tag
 
 
 def test_tag_is_json_with_the_request_and_identity() -> None:
