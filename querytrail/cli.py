@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "processors.commands",  # policy check/lint, worker, executor, approvals, approve, deny
     "sinks.commands",  # sink, verify, replay, query, report, compact
     "querytrail.demo",  # demo
+    "querytrail.reconcile_cli",  # reconcile (history vs the audit log)
 )
 
 

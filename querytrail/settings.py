@@ -31,6 +31,7 @@ __all__ = [
     "KafkaSettings",
     "LimitSettings",
     "LocalStackSettings",
+    "ReconcileSettings",
     "Settings",
     "SigningSettings",
     "SnowflakeProfile",
@@ -173,6 +174,18 @@ class ExecutorSettings(_Frozen):
     cost_alert_min_bytes: int = 1_048_576  # ... and are above this (tiny scans never alert)
 
 
+class ReconcileSettings(_Frozen):
+    """``querytrail reconcile`` (docs/warehouse.md): Snowflake's query history against the log."""
+
+    latency_s: float = 2700.0  # ACCOUNT_USAGE.QUERY_HISTORY lags up to 45 min: re-read this far back
+    lookback_s: float = 86_400.0  # how far back the first run looks
+    interval_s: float = 300.0  # how often `reconcile --service` runs
+    settle_s: float = 60.0  # statements younger than this wait for the next run (the sink's lag)
+    service_users: list[str] = Field(default_factory=list)  # besides the profiles' users
+    agent_users: list[str] = Field(default_factory=list)  # Snowflake users known to be agents
+    agent_tags: list[str] = Field(default_factory=list)  # globs on QUERY_TAG that mark agents' statements
+
+
 class WorkerSettings(_Frozen):
     authorization_ttl_s: float = 300.0  # an ExecutionAuthorized is valid this long
     expiry_check_s: float = 1.0  # how often pending approvals are checked for expiry
@@ -233,6 +246,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     policy_path: Path | None = None  # default: infra/policies/example.yaml

@@ -55,7 +55,8 @@ TOPICS: dict[str, Topic] = {
         Topic(suffix="executions", events=("ExecutionAuthorized", "ExecutionStarted"), configs=dict(_AUDIT)),
         Topic(
             suffix="results",
-            events=("QueryCompleted", "ResultPage", "QueryFailed", "QueryRejected"),
+            # BypassDetected: reconcile's findings, keyed "reconcile-..." (no caller waits on them)
+            events=("QueryCompleted", "ResultPage", "QueryFailed", "QueryRejected", "BypassDetected"),
             configs=dict(_AUDIT),
         ),
         Topic(suffix="actions", events=("DownstreamActionReported",), configs=dict(_AUDIT)),

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_query)
 
     p = subparsers.add_parser("report", help="the auditors' questions")
-    p.add_argument("name", choices=("pii-exposure", "privileged-access", "costly-scans"))
+    p.add_argument("name", choices=("pii-exposure", "privileged-access", "costly-scans", "bypass"))
     p.add_argument("--since", type=_date)
     p.add_argument("--until", type=_date)
     p.add_argument(

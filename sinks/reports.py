@@ -27,7 +27,7 @@ __all__ = [
     "run_sql",
 ]
 
-REPORTS = ("pii-exposure", "privileged-access", "costly-scans")
+REPORTS = ("pii-exposure", "privileged-access", "costly-scans", "bypass")
 DEFAULT_BYTES_THRESHOLD = 10 * 1024**3  # the example policy's "costly" rule: 10GB
 _SQL_DIR = Path(__file__).resolve().parent.parent / "infra" / "sql"
 _MIN = datetime(1970, 1, 1, tzinfo=UTC)
