@@ -12,8 +12,11 @@ from processors.analysis.model import OutputColumn
 
 __all__ = ["collect_outputs", "collect_predicates", "output_names", "star_selects"]
 
-_PREDICATE_ARGS = ("where", "having", "qualify", "group", "order")
-_PREDICATE_CONTEXT = (exp.Where, exp.Having, exp.Qualify, exp.Order, exp.Group)
+# clauses whose columns filter, group, order or join rows (CONNECT BY holds START WITH too)
+_PREDICATE_ARGS = ("where", "having", "qualify", "group", "order", "connect")
+_PREDICATE_CONTEXT = (exp.Where, exp.Having, exp.Qualify, exp.Order, exp.Group, exp.Connect)
+# MATCH_RECOGNIZE: rows are partitioned, ordered and matched (DEFINE) on these; MEASURES are outputs
+_MATCH_ARGS = ("partition_by", "order", "define")
 
 
 def _ident_name(node: exp.Expr) -> str:
@@ -106,6 +109,17 @@ def collect_predicates(ctx: Context) -> None:
             for join in expr.args.get("joins") or []:
                 parts.append(join.args.get("on"))
                 parts.extend(join.args.get("using") or [])
+                parts.append(join.args.get("match_condition"))  # ASOF JOIN ... MATCH_CONDITION
+            match = expr.args.get("match")
+            if match is not None:
+                for arg in _MATCH_ARGS:
+                    value = match.args.get(arg)
+                    parts.extend(value if isinstance(value, list) else [value])
+            for window in expr.find_all(exp.Window):
+                # PARTITION BY / ORDER BY of a window group and order rows by the column's value
+                if window.find_ancestor(exp.Select) is expr:
+                    parts.extend(window.args.get("partition_by") or [])
+                    parts.append(window.args.get("order"))
             _add(ctx.predicates, lineage.columns_in(scope, parts))
             if _in_predicate(expr):
                 # a subquery inside WHERE/JOIN/...: what it selects is compared, not returned

@@ -62,15 +62,7 @@ KNOWN_DENIALS: dict[str, str] = {
 }
 # Gaps that let a statement through that the policy means to hold (a filter, join, grouping or
 # ordering on a classified column without sensitive_predicate): strict expected failures.
-_NO_SENSITIVE_PREDICATE = "no sensitive_predicate for {} on a classified column"
-KNOWN_LAX: dict[str, str] = {
-    "read-window-partition-by-ssn": _NO_SENSITIVE_PREDICATE.format("a window's PARTITION BY"),
-    "read-window-order-by-card": _NO_SENSITIVE_PREDICATE.format("a window's ORDER BY"),
-    "read-start-with-on-email": _NO_SENSITIVE_PREDICATE.format("START WITH"),
-    "read-connect-by-on-card": _NO_SENSITIVE_PREDICATE.format("CONNECT BY"),
-    "read-match-recognize-define": _NO_SENSITIVE_PREDICATE.format("MATCH_RECOGNIZE DEFINE"),
-    "read-match-recognize-partition": _NO_SENSITIVE_PREDICATE.format("MATCH_RECOGNIZE PARTITION BY"),
-}
+KNOWN_LAX: dict[str, str] = {}
 HEADER_KEYS = ("as", "at", "database", "schema", "decision", "findings", "masked", "execute")
 _HEADER = re.compile(r"^-- (" + "|".join(HEADER_KEYS) + r"):(.*)$")
 
