@@ -144,9 +144,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
     # use_partitioner: changelog records are keyed by request id and partitioned like every
     # other topic (murmur2), so the timer may write too (there is no "current event" there)
     state_table = app.Table("approvals", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+    # request id -> its first requester and record (worker.owner_record, never pruned: finished is
+    # forever); dead-letter marks and entries of older versions -> a timestamp, pruned
     seen_table = app.Table("seen", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
-    # request id -> its first requester and record; never pruned: finished is forever
-    owners_table = app.Table("owners", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
     codec = rt.codec
     publisher: Publisher = rt.publisher
     cache = DecisionCache()
@@ -207,12 +207,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         key = rid.encode()
         m = event.message
         where = f"{m.topic}:{m.partition}:{m.offset}"
-        prior = owners_table.get(key)
-        if (
-            key in inflight
-            or (prior is None and seen_table.get(key) is not None)
-            or decided_at(prior) == where
-        ):
+        prior = seen_table.get(key)
+        if key in inflight or (prior is not None and prior.isdigit()) or decided_at(prior) == where:
             log.info("duplicate request ignored", extra={"request_id": rid})
             return
         inflight.add(key)  # before the first await: the reconciler may hold the same request
@@ -243,9 +239,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         await publish(outputs)
         if any(o.event_type == "ApprovalRequested" for o in outputs):
             state_table[key] = dump_history(codec, [_strip_credential(request), *outputs])
-        seen_table[key] = str(int(time.time())).encode()  # when: pruned after the retention
         verified = identity if isinstance(identity, VerifiedIdentity) else None
-        owners_table[key] = owner_record(verified, request.event_id, where)
+        seen_table[key] = owner_record(verified, request.event_id, where)  # not a timestamp: kept
         log.info("decided %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
 
     async def handle_verdict(event: Any) -> None:
@@ -356,7 +351,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
 
     @app.timer(interval=min(60.0, max(1.0, settings.worker.resolved_retention_s)))
     async def prune_seen() -> None:
-        """Bound the dedupe table: a request id older than the retention will not be redelivered."""
+        """Bound the dedupe table: dead-letter marks (and request entries of older versions, a
+        timestamp) past the retention go; a decided request's owner record stays."""
         horizon = time.time() - settings.worker.resolved_retention_s
         for key, value in list(seen_table.items()):
             if value and value.isdigit() and int(value) < horizon:

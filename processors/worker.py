@@ -352,7 +352,7 @@ class CredentialChecker:
 
 
 def owner_record(identity: VerifiedIdentity | None, event_id: str, where: str) -> bytes:
-    """The ``owners`` table value of a decided request: who asked first, and which record it was.
+    """The ``seen`` table value of a decided request: who asked first, and which record it was.
 
     Kept forever (unlike the dedupe window), so a request id that was decided never decides
     again, however late a replay arrives (docs/ingress.md, "Request ids").
@@ -388,7 +388,8 @@ def replay_refusal(prior: bytes, identity: VerifiedIdentity | None) -> tuple[str
     try:
         owner = json.loads(prior)
     except ValueError:
-        owner = {}
+        owner = None
+    owner = owner if isinstance(owner, dict) else {}
     first = (owner.get("issuer"), owner.get("subject"))
     if identity is not None and first == (identity.issuer, identity.subject):
         return "request_replayed", f"already decided (first record {owner.get('at')}): not decided again"
