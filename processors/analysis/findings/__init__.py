@@ -24,6 +24,7 @@ from processors.analysis.findings.unknown_statement import unknown_statement
 from processors.analysis.findings.unparsed_statement import unparsed_statement
 from processors.analysis.findings.unresolved_column import unresolved_column
 from processors.analysis.findings.unresolved_table import unresolved_table
+from processors.analysis.findings.user_function import user_function
 from processors.analysis.model import Finding
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ RULES: tuple[Rule, ...] = (
     select_star_unknown,
     role_change,
     dynamic_sql,
+    user_function,
     data_export,
     unbounded_write,
     privileged_table,
