@@ -130,8 +130,11 @@ def _lines(et: str, e: dict[str, Any]) -> list[str]:
         cols = [f"{c.get('name')}{'(masked)' if c.get('masked') else ''}" for c in e.get("columns") or []]
         out += [
             f"rows: {e.get('row_count')} columns: {cols} snowflake query {e.get('snowflake_query_id')}",
-            f"bytes scanned: {e.get('bytes_scanned')} elapsed {e.get('elapsed_ms')} ms "
-            f"result sha256 {e.get('result_sha256')}",
+            f"bytes scanned: {e.get('bytes_scanned')} (estimated {e.get('estimated_bytes')}"
+            f"{', COST ALERT' if e.get('cost_alert') else ''}) partitions {e.get('partitions_scanned')}"
+            f"/{e.get('partitions_total')} rows produced {e.get('rows_produced')} queued {e.get('queued_ms')} ms",
+            f"warehouse {e.get('warehouse_name')} ({e.get('warehouse_size')}) role {e.get('role_name')} "
+            f"elapsed {e.get('elapsed_ms')} ms result sha256 {e.get('result_sha256')}",
             f"detector hits: {e.get('detector_hits')} classifications: {e.get('classifications_touched')}",
         ]
     elif et == "ResultPage":
