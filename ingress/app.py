@@ -1,7 +1,8 @@
 """The HTTP ingress: an ASGI (Starlette) app that verifies callers and publishes their requests.
 
 Routes: POST /v1/queries, GET /v1/queries/{id}?wait=N, POST /v1/actions, GET /healthz,
-GET /readyz, GET /openapi.json, and the dev issuer's discovery/JWKS when it is enabled.
+GET /readyz, GET /openapi.json, the MCP server at /mcp (ingress.mcp_server) with its RFC 9728
+metadata, and the dev issuer's discovery/JWKS when it is enabled.
 Errors are ``{"error": code, "message": text}``. The bearer token and the Authorization
 header are never logged, published or echoed: only the token's SHA-256 travels.
 """
@@ -357,13 +358,17 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> Starlette:
     """The ingress app; the producer and the outcome index start with the app's lifespan."""
+    from ingress.mcp_server import McpMount
+
     ingress = _Ingress(settings, verifier)
+    mcp = McpMount(ingress)  # /mcp: the MCP server over streamable HTTP (docs/mcp.md)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(ingress.start)
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await run_in_threadpool(ingress.stop)
 
@@ -374,6 +379,7 @@ def create_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> 
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *mcp.routes,
     ]
     if settings.identity.dev_issuer_enabled:
         prefix = "/" + settings.identity.dev_issuer_url.split("://", 1)[-1].partition("/")[2].strip("/")

@@ -1,4 +1,4 @@
-"""CLI sub-commands of the ingress package: ``token``, ``submit``, ``ingress``.
+"""CLI sub-commands of the ingress package: ``token``, ``submit``, ``ingress``, ``mcp``.
 
 Exit codes of ``submit``: 0 completed, 3 denied or rejected, 4 failed in Snowflake, 5 timed
 out, 2 usage errors. Heavy imports happen inside the handlers.
@@ -52,6 +52,15 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=_ingress)
+
+    p = sub.add_parser("mcp", help="the MCP server over stdio (Claude Code, Claude Desktop); see docs/mcp.md")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token (read again when it changes)"
+    )
+    src.add_argument("--token-command", help="command that prints a bearer token (run again before expiry)")
+    p.add_argument("--url", default=None, help="the ingress's MCP endpoint (default: http://HOST:PORT/mcp)")
+    p.set_defaults(func=_mcp)
 
 
 def _err(message: str) -> None:
@@ -224,4 +233,21 @@ def _ingress(args: argparse.Namespace) -> int:
         port=args.port or settings.ingress.port,
         log_config=None,  # keep our JSON logging; uvicorn's access log carries no headers
     )
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    import logging
+
+    from ingress.mcp_stdio import TokenSource, serve_stdio
+    from querytrail.settings import get_settings
+
+    settings = get_settings()
+    # stdout carries the protocol: log to stderr only
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    url = args.url or f"http://{settings.ingress.host}:{settings.ingress.port}/mcp"
+    if args.token_file is not None and not args.token_file.is_file():
+        _err(f"--token-file {args.token_file} does not exist")
+        return EXIT_USAGE
+    serve_stdio(url, TokenSource(file=args.token_file, command=args.token_command))
     return 0

@@ -16,7 +16,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
     "infra.commands",  # up, down, status
-    "ingress.commands",  # token, submit, ingress
+    "ingress.commands",  # token, submit, ingress, mcp
     "processors.commands",  # policy check/lint, worker, executor, approvals, approve, deny
     "sinks.commands",  # sink, verify, replay, query, report, compact
     "querytrail.demo",  # demo

@@ -31,6 +31,7 @@ __all__ = [
     "KafkaSettings",
     "LimitSettings",
     "LocalStackSettings",
+    "McpSettings",
     "ReconcileSettings",
     "Settings",
     "SigningSettings",
@@ -156,6 +157,17 @@ class IngressSettings(_Frozen):
     index_lookback_s: float = 3600.0  # on start, index outcomes newer than this
 
 
+class McpSettings(_Frozen):
+    """The MCP server (ingress/mcp_server.py): limits an agent cannot talk around."""
+
+    calls_per_minute: int = 60  # tool calls per verified identity (token bucket, burst of the same size)
+    default_max_rows: int = 100  # rows a run_query result carries when the agent names no max_rows
+    max_rows: int = 1000  # the most rows any tool result carries, whatever the agent asks
+    max_result_bytes: int = 65_536  # JSON bytes of rows in one tool result; rows past it are cut
+    run_wait_s: float = 20.0  # run_query waits this long for an outcome before answering "running"
+    max_wait_s: float = 300.0  # the longest wait_for_approval blocks
+
+
 class LimitSettings(_Frozen):
     max_prompt_bytes: int = 65_536
     max_sql_bytes: int = 262_144
@@ -244,6 +256,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
