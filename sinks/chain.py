@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from querytrail import keys
 
 __all__ = [
     "GENESIS",
@@ -83,8 +83,7 @@ def head_message(table_uuid: str, tp: str, offset: int, head_hex: str) -> bytes:
 
 
 def key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return keys.key_id(public)
 
 
 class Signer:
@@ -129,38 +128,26 @@ class Verifier:
 
 
 def ensure_keypair(private_path: Path, public_path: Path) -> None:
-    """Create the local stack's chain key pair when missing (private key mode 0600)."""
-    if private_path.exists():
-        if not public_path.exists():
-            _write_public(load_signer(private_path)._private.public_key(), public_path)
-        return
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    _write_public(key.public_key(), public_path)
+    """Create the local stack's chain key pair when missing (private key mode 0600).
 
-
-def _write_public(public: Ed25519PublicKey, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    The public half goes to ``public_path`` (``chain_verify_key_path``), which need not be the
+    ``<stem>.pub.pem`` next to the private key; creation and loading are querytrail.keys'.
+    """
+    keys.ensure_keypair(private_path)
+    if not public_path.exists():
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        public_path.write_bytes(keys.public_pem(load_signer(private_path)._private))
 
 
 def load_signer(path: Path) -> Signer:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key")
-    return Signer(key)
+    try:
+        return Signer(keys.load_private(path, Ed25519PrivateKey))
+    except keys.KeyFileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def load_verifier(path: Path) -> Verifier:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path}: not an Ed25519 public key")
-    return Verifier(key)
+    try:
+        return Verifier(keys.load_public(path, Ed25519PublicKey))
+    except keys.KeyFileError as exc:
+        raise ValueError(str(exc)) from None
