@@ -26,11 +26,15 @@ from typing import Any
 
 from infra.kafka import BrokerDiedError, die_with_parent, ensure_port_free, stop_process, tail
 
-__all__ = ["NOP_REGEXES", "FakesnowServer", "connect_kwargs", "main"]
+__all__ = ["ADMIN_USER", "NOP_REGEXES", "FakesnowServer", "connect_kwargs", "main"]
 
 log = logging.getLogger(__name__)
 
 USER = "querytrail"
+# Who seeds the demo tables and probes readiness: an administrator, not querytrail's service user,
+# so `querytrail reconcile` on a fresh stack does not report the setup as statements run with
+# querytrail's credentials outside querytrail (docs/warehouse.md).
+ADMIN_USER = "fakesnow_admin"
 PASSWORD = "fakesnow-local"  # noqa: S105 -- the emulator accepts any password; local only
 ACCOUNT = "fakesnow"
 
@@ -122,7 +126,8 @@ class FakesnowServer:
                     f"last lines of {self.log_path}:\n{tail(self.log_path)}"
                 )
             try:
-                with snowflake.connector.connect(**connect_kwargs(self.port, login_timeout=3)) as conn:
+                probe = connect_kwargs(self.port, login_timeout=3, user=ADMIN_USER)
+                with snowflake.connector.connect(**probe) as conn:
                     cur = conn.cursor()
                     cur.execute("SELECT 1")
                     cur.fetchall()

@@ -201,12 +201,15 @@ def write_catalog(path: Path = CATALOG_PATH) -> Path:
 def seed(connect_kwargs: dict[str, Any], force: bool = False) -> dict[str, int]:
     """Create and fill the demo tables; skipped when already seeded unless ``force``.
 
-    Returns table -> row count. Uses the real snowflake-connector-python (fakesnow's server).
+    Returns table -> row count. Uses the real snowflake-connector-python (fakesnow's server), as
+    the emulator's administrator: loading data is not querytrail's service user's business.
     """
     import snowflake.connector
 
+    from infra.fakesnow_server import ADMIN_USER
+
     rows = demo_rows()
-    with snowflake.connector.connect(**connect_kwargs) as conn:
+    with snowflake.connector.connect(**{**connect_kwargs, "user": ADMIN_USER}) as conn:
         cur = conn.cursor()
         if not force and _already_seeded(cur, rows):
             return {name: len(r) for name, r in rows.items()}
