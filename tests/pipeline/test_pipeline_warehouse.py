@@ -68,3 +68,56 @@ def test_filtered_query_runs_with_synced_sizes_and_reports_its_cost(
         assert tag["policy_sha256"] == decided[0].policy_sha256
     finally:
         p.stop()
+
+
+def test_reconcile_on_the_running_stack_reports_only_what_went_around(
+    tmp_path: Path, kafka_bootstrap: str, fakesnow_profile: SnowflakeProfile
+) -> None:
+    import time
+
+    import snowflake.connector
+
+    from infra.fakesnow_server import connect_kwargs
+    from infra.topics import create_topics
+    from schemas.events import utcnow
+    from sinks.reconcile import ReconcileState
+    from sinks.reports import load_events
+
+    prefix = new_prefix()
+    create_topics(kafka_bootstrap, prefix)
+    extra = {"reconcile": {"latency_s": 0, "settle_s": 0}}
+    p = Pipeline(
+        tmp_path / prefix, kafka_bootstrap, prefix, fakesnow_profile, policy=EXAMPLE_POLICY, extra=extra
+    )
+    # the session's emulator holds other tests' statements: this run starts reading from now
+    ReconcileState(p.home / "reconcile" / "state.json", watermark=utcnow()).save()
+    try:
+        p.start_all()
+        p.start("sink")
+        token = p.token("ci-bot", ("ci",), repository="acme/etl")
+        outcome = p.submit("SELECT ID FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID <= 2", token)
+        assert outcome.status == "completed", outcome.to_json()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the sink lands the request's events
+            rows = load_events(p.settings).to_pylist() if (p.home / "iceberg").exists() else []
+            if any(
+                r["event_type"] == "QueryCompleted" and r["request_id"] == outcome.request_id for r in rows
+            ):
+                break
+            time.sleep(1)
+        first = p.cli("reconcile", "--json")
+        assert first.returncode == 0 and first.stdout.strip() == "", first.stdout + first.stderr
+
+        with snowflake.connector.connect(**connect_kwargs(int(fakesnow_profile.port or 0))) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT CITY FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = 3")
+            direct = cur.sfqid
+        second = p.cli("reconcile", "--json")
+        found = [json.loads(line) for line in second.stdout.splitlines()]
+        assert [(f["kind"], f["snowflake_query_id"]) for f in found] == [("unauthorized", direct)], (
+            second.stderr
+        )
+        third = p.cli("reconcile", "--json")
+        assert third.returncode == 0 and third.stdout.strip() == ""
+    finally:
+        p.stop()
