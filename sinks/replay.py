@@ -92,6 +92,12 @@ def _lines(et: str, e: dict[str, Any]) -> list[str]:
             f"target: {e.get('target')}; ci: {ctx.get('ci_provider')} {ctx.get('repository')} "
             f"run {ctx.get('run_id')} commit {ctx.get('commit')}"
         )
+        extra = ctx.get("extra") or {}
+        if "mcp.client" in extra:  # a tool call of an MCP agent (docs/mcp.md)
+            out.append(
+                f"agent: {extra['mcp.client']} {extra.get('mcp.client_version')} over MCP "
+                f"({extra.get('mcp.transport')}), session {e.get('session_id')}"
+            )
     elif et == "PolicyDecided":
         out += [
             f"decision: {e.get('decision')} rules={e.get('rules')} statement={e.get('statement')}",

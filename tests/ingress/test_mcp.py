@@ -73,7 +73,9 @@ def stack(
         }
     )
     try:
+        pipeline.start("sink")  # the audit log, for replay
         pipeline.start_all()
+        pipeline.wait_log("sink", "sink consuming")
         with serve(create_app(settings), port) as url:
             yield Stack(pipeline, url, settings, home)
     finally:
@@ -344,3 +346,22 @@ def test_malformed_arguments_are_answered_not_crashed(stack: Stack) -> None:
     decision = data(checked)
     assert decision["decision"] == "require_approval" and "privileged-needs-approval" in decision["rules"]
     assert decision["approval"]["approver_groups"] == ["data-security"]
+
+
+def test_a_tool_call_is_in_the_audit_log_and_replay_shows_it(stack: Stack) -> None:
+    import time
+
+    async def go() -> dict[str, Any]:
+        async with http_session(stack, stack.token("ci-bot", "ci")) as s:
+            return data(await s.call_tool("run_query", {"sql": CUSTOMERS, "intent": "replay me please"}))
+
+    rid = run(go)["request_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        shown = stack.pipeline.cli("replay", rid)
+        if "QueryCompleted" in shown.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "prompt: replay me please" in shown.stdout, shown.stdout + shown.stderr
+    assert "agent: test-agent 9.9.1 over MCP (streamable-http)" in shown.stdout
+    assert "PolicyDecided" in shown.stdout and "QueryCompleted" in shown.stdout
