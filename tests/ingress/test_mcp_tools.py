@@ -136,3 +136,39 @@ def test_token_command_runs_again_before_expiry(tmp_path: Path) -> None:
     failing = TokenSource(command=f"{sys.executable} -c 'import sys; sys.exit(3)'")
     with pytest.raises(ToolError, match="exited 3"):
         failing.token()
+
+
+def test_tool_calls_are_rate_limited_per_identity() -> None:
+    import anyio
+
+    from ingress.app import RefusalLimiter
+    from ingress.identity import Identity
+    from ingress.mcp_server import _Tools
+    from ingress.mcp_tools import Caller
+    from querytrail.settings import McpSettings
+
+    class Backend:
+        limits = McpSettings(calls_per_minute=3)
+        rate = RefusalLimiter(3)
+
+        def masks(self) -> dict[str, str]:
+            return {}
+
+        def tables(self, identity: Identity) -> list[dict[str, object]]:
+            return []
+
+    tools = _Tools(Backend())  # type: ignore[arg-type]
+    alice = Caller(identity=Identity(subject="alice", issuer="https://idp"))
+    bob = Caller(identity=Identity(subject="bob", issuer="https://idp"))
+
+    async def calls() -> list[str]:
+        out = []
+        for caller in (alice, alice, alice, alice, bob):
+            try:
+                await tools.call("list_tables", {}, caller)
+                out.append("ok")
+            except ToolError as err:
+                out.append(err.code)
+        return out
+
+    assert anyio.run(calls) == ["ok", "ok", "ok", "rate_limited", "ok"]
