@@ -294,12 +294,14 @@ class QueryHistory:
         partitions = 0
         for db, schema, name in tables:
             try:
-                row = self._duck.execute(
-                    f"SELECT {_BYTES_EXPR} FROM duckdb_tables() tables WHERE upper(database_name) = ? "
-                    "AND upper(schema_name) = ? AND upper(table_name) = ?",
-                    [db, schema, name],
-                ).fetchone()
-            except Exception:
+                with self._lock:  # one DuckDB cursor: never used by two request threads at once
+                    row = self._duck.execute(
+                        f"SELECT {_BYTES_EXPR} FROM duckdb_tables() tables WHERE upper(database_name) = ? "
+                        "AND upper(schema_name) = ? AND upper(table_name) = ?",
+                        [db, schema, name],
+                    ).fetchone()
+            except Exception as exc:  # a best-effort figure: an unknown table scans nothing
+                log.warning("could not size %s.%s.%s: %s", db, schema, name, exc)
                 row = None
             size = int(row[0] or 0) if row else 0
             total += size
