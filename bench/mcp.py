@@ -11,8 +11,11 @@ process) and, in the same run, alternating so both see the same machine:
 - mcp: ``run_query`` on an open MCP session (streamable HTTP, the SDK's client), which submits
   through the same path in-process and returns the masked rows;
 - layer alone: ``get_request`` of a completed request over MCP against ``GET /v1/queries/{id}``
-  of the same request: the MCP layer's own cost without the pipeline's variance, and how much
-  of it is querytrail's tool handler (the rest is the SDK's protocol handling, both sides).
+  of the same request: the MCP layer's own cost without the pipeline's variance; with
+  ``--in-process`` also how much of it is querytrail's tool handler (the rest is the SDK's
+  protocol handling, both sides).
+
+The ingress runs as its own ``querytrail ingress`` process unless ``--in-process``.
 
 Prints p50/p95 of each and the differences (issue 15's target: the MCP layer adds <= 2 ms at p50).
 """
@@ -76,7 +79,7 @@ def rest_get(http: Any, token: str, rid: str) -> float:
     return time.perf_counter() - start
 
 
-async def bench(url: str, token: str, n: int) -> None:
+async def bench(url: str, token: str, n: int, in_process: bool) -> None:
     import anyio
     import httpx
     import httpx2
@@ -96,7 +99,8 @@ async def bench(url: str, token: str, n: int) -> None:
         finally:
             handler.append(time.perf_counter() - start)
 
-    server._Tools.call = timed  # type: ignore[method-assign]
+    if in_process:
+        server._Tools.call = timed  # type: ignore[method-assign]
     rest, mcp, rest_layer, mcp_layer, handler_layer = [], [], [], [], []
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as h2,
@@ -116,7 +120,7 @@ async def bench(url: str, token: str, n: int) -> None:
                 start = time.perf_counter()
                 await session.call_tool("get_request", {"request_id": data["request_id"]})
                 layer = time.perf_counter() - start
-                own = handler[-1]
+                own = handler[-1] if handler else 0.0
                 plain = await anyio.to_thread.run_sync(rest_get, http, token, rid)
                 if i >= 3:
                     rest.append(elapsed)
@@ -130,15 +134,36 @@ async def bench(url: str, token: str, n: int) -> None:
     m50 = show("mcp: run_query -> completed", mcp)
     g50 = show("rest: GET /v1/queries/{id} (completed)", rest_layer)
     l50 = show("mcp: get_request (completed)", mcp_layer)
-    show("  of which querytrail's tool handler", handler_layer)
+    if in_process:
+        show("  of which querytrail's tool handler", handler_layer)
     print(f"added by MCP, end to end:  p50 {(m50 - r50) * 1000:+.2f} ms")
     print(f"added by MCP, layer alone: p50 {(l50 - g50) * 1000:+.2f} ms (target <= 2 ms)")
+
+
+def _wait_healthy(url: str, pipeline: Any, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the ingress did not start:\n{pipeline.tail('ingress')}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="serve the ingress in this process (to time querytrail's own tool handler); by default it "
+        "runs as its own `querytrail ingress` process, as deployed, so the client does not share its GIL",
+    )
     args = ap.parse_args()
 
     import anyio
@@ -172,19 +197,24 @@ def main() -> int:
         )  # fmt: skip
         prefix = new_prefix()
         create_topics(bootstrap, prefix)
-        pipeline = Pipeline(home / "qt", bootstrap, prefix, profile)
-        pipeline.start_all()
         port = _free()
-        base = pipeline.settings
-        settings = base.model_copy(
+        extra = {"ingress": {"port": port}, "mcp": {"calls_per_minute": 100_000}}  # one identity
+        pipeline = Pipeline(home / "qt", bootstrap, prefix, profile, extra=extra)
+        pipeline.start_all()
+        settings = pipeline.settings.model_copy(
             update={
-                "ingress": base.ingress.model_copy(update={"port": port}),
-                "mcp": McpSettings(calls_per_minute=100_000),  # the bench is one identity
+                "ingress": pipeline.settings.ingress.model_copy(update={"port": port}),
+                "mcp": McpSettings(calls_per_minute=100_000),
             }
         )
         token = mint_token(settings, sub="bench", groups=("ci",), ttl_s=3600)
-        with serve(create_app(settings), port) as url:
-            anyio.run(bench, url, token, args.n)
+        if args.in_process:
+            with serve(create_app(settings), port) as url:
+                anyio.run(bench, url, token, args.n, True)
+        else:
+            pipeline.start("ingress")
+            _wait_healthy(f"http://127.0.0.1:{port}", pipeline)
+            anyio.run(bench, f"http://127.0.0.1:{port}", token, args.n, False)
     finally:
         if pipeline is not None:
             pipeline.stop()

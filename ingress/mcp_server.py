@@ -232,6 +232,8 @@ class _Tools:
                 f"more than {self.limits.calls_per_minute} tool calls a minute; wait before calling again",
             )
         b = self.backend
+        # run_query is a request in the audit log; the read-only lookups are logged here
+        log.info("mcp %s by %s (%s %s)", name, identity.subject, caller.client_name, caller.client_version)
         if name == "run_query":
             max_rows = args.get("max_rows", self.limits.default_max_rows)
             request_id = await b.submit(caller, args)

@@ -150,6 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
         ("report costly-scans", lambda: demo.report(
             "costly-scans", ["request_id", "subject", "full_table_scan", "estimated_bytes", "decision", "prompt"],
             "costly", reports.append)),
+        ("MCP agent session", demo.mcp_session),
     ]  # fmt: skip
     failed = 0
     for i, (name, step) in enumerate(steps, 1):

@@ -147,6 +147,45 @@ class Demo:
         rules = "+".join((out.decision or out.rejected or {}).get("rules", []))
         return f"{findings} held by {rules}; nobody approved within the ttl, so it expired and never ran"
 
+    def mcp_session(self) -> str:
+        """An agent over MCP (the ingress's /mcp, the SDK's own client): a masked query, a held one."""
+        import anyio
+
+        ing = self.settings.ingress
+        url = f"http://{ing.host}:{ing.port}/mcp"
+        masked_sql = (
+            "SELECT ID, EMAIL FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE COUNTRY = 'US' ORDER BY ID LIMIT 3"
+        )
+        held_sql = "SELECT USERNAME, ROLE FROM SECURITY.ADMIN.USERS"
+
+        async def session() -> tuple[dict[str, Any], dict[str, Any]]:
+            import httpx2
+            from mcp.client.session import ClientSession
+            from mcp.client.streamable_http import streamable_http_client
+            from mcp_types import Implementation
+
+            agent = Implementation(name="claude-code", version="demo")
+            async with (
+                httpx2.AsyncClient(headers={"Authorization": f"Bearer {self.ci_token}"}, timeout=60) as http,
+                streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write, client_info=agent) as mcp,
+            ):
+                await mcp.initialize()
+                first = await mcp.call_tool("run_query", {"sql": masked_sql, "intent": "three customers"})
+                second = await mcp.call_tool("run_query", {"sql": held_sql, "intent": "who are the admins"})
+                assert not first.is_error and not second.is_error, f"{first.content} {second.content}"
+                return first.structured_content or {}, second.structured_content or {}
+
+        rows, held = anyio.run(session)
+        emails = [r[1] for r in rows.get("rows", [])]
+        assert rows.get("status") == "completed" and emails, f"expected rows, got {rows}"
+        assert all(_EMAIL_MASK.match(str(e)) for e in emails), f"emails not masked: {emails}"
+        assert held.get("status") == "awaiting_approval", f"expected a hold, got {held}"
+        return (
+            f"claude-code over MCP: {len(emails)} rows, EMAIL masked ({emails[0]}); the admin list "
+            f"held for {', '.join(held['approver_groups'])} until {held['expires_at'][11:16]} UTC"
+        )
+
     def drop_table(self) -> str:
         out = self.finish(self.submit("drop", "DROP TABLE ANALYTICS.PUBLIC.ORDERS", "Clean up the orders"))
         # the deny (PolicyDecided) and its QueryRejected travel different topics: either may come first

@@ -40,6 +40,7 @@ STEPS = (
     "11. report pii-exposure",
     "12. report privileged-access",
     "13. report costly-scans",
+    "14. MCP agent session",
 )
 SERVICES = ("worker", "executor", "sink", "ingress")
 
