@@ -38,6 +38,8 @@ def register_policy(subparsers: Any) -> None:
     check.add_argument("--at", help="decision time, ISO-8601 (default: now; naive means UTC)")
     check.add_argument("--database", help="session default database for unqualified names")
     check.add_argument("--schema", help="session default schema for unqualified names")
+    check.add_argument("--role", help="the Snowflake role the caller asks for (rules' role conditions)")
+    check.add_argument("--warehouse", help="the warehouse the caller asks for (rules' warehouse conditions)")
     src = check.add_mutually_exclusive_group(required=True)
     src.add_argument("--sql", help="the statement text")
     src.add_argument("--sql-file", type=Path, help="file holding the statement text ('-' for stdin)")
@@ -97,7 +99,17 @@ def _policy_check(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             return _bad(f"cannot read --sql-file {args.sql_file}: {exc}")
     identity = IdentityClaims.from_claims(claims)
-    decision = evaluate(sql, identity, catalog, policy, now, database=args.database, schema=args.schema)
+    decision = evaluate(
+        sql,
+        identity,
+        catalog,
+        policy,
+        now,
+        database=args.database,
+        schema=args.schema,
+        role=args.role,
+        warehouse=args.warehouse,
+    )
     if args.format == "json":
         print(json.dumps(decision.to_json(), ensure_ascii=False))
     else:

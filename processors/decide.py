@@ -188,9 +188,17 @@ def _rule_reason(rule: Rule) -> str:
 
 
 def _finish(
-    prep: _Prepared, policy: Policy, catalog: Catalog, claims: Mapping[str, Any], now: datetime
+    prep: _Prepared,
+    policy: Policy,
+    catalog: Catalog,
+    claims: Mapping[str, Any],
+    now: datetime,
+    role: str | None = None,
+    warehouse: str | None = None,
 ) -> Decision:
-    matched = tuple(r for r in prep.candidates if not r.when.dynamic or dynamic_match(r, claims, now))
+    matched = tuple(
+        r for r in prep.candidates if not r.when.dynamic or dynamic_match(r, claims, now, role, warehouse)
+    )
     grants = tuple(g for g in policy.unmask if grant_matches(g, prep.facts.groups, claims))
     key = (tuple(r.id for r in matched), tuple(g.id for g in grants))
     found = prep.decisions.get(key)
@@ -316,10 +324,13 @@ def evaluate(
     *,
     database: str | None = None,
     schema: str | None = None,
+    role: str | None = None,
+    warehouse: str | None = None,
 ) -> Decision:
-    """Decide ``sql`` for ``identity`` at ``now`` (no caching)."""
+    """Decide ``sql`` for ``identity`` at ``now`` (no caching); ``role``/``warehouse`` are what
+    the caller asked to run with (rules' ``role``/``warehouse`` conditions)."""
     prep = _prepare(sql, identity.groups, catalog, policy, database, schema)
-    return _finish(prep, policy, catalog, identity.claims, now)
+    return _finish(prep, policy, catalog, identity.claims, now, role, warehouse)
 
 
 class DecisionCache:
@@ -361,6 +372,8 @@ class DecisionCache:
         *,
         database: str | None = None,
         schema: str | None = None,
+        role: str | None = None,
+        warehouse: str | None = None,
     ) -> Decision:
         context = (catalog.version, policy.sha256, identity.groups, database, schema)
         text_key = (sql, *context) if len(sql) <= self.MAX_TEXT_KEY else None
@@ -370,7 +383,7 @@ class DecisionCache:
                 self.hits += 1
                 self._by_text.move_to_end(text_key)
         if prep is not None:
-            return _finish(prep, policy, catalog, identity.claims, now)
+            return _finish(prep, policy, catalog, identity.claims, now, role, warehouse)
         fp_key = (fingerprint(sql), *context)
         with self._lock:
             prep = self._by_fingerprint.get(fp_key)
@@ -390,7 +403,7 @@ class DecisionCache:
         if text_key is not None:
             with self._lock:
                 self._store(self._by_text, text_key, prep)
-        return _finish(prep, policy, catalog, identity.claims, now)
+        return _finish(prep, policy, catalog, identity.claims, now, role, warehouse)
 
     def _store(
         self, table: OrderedDict[tuple[Any, ...], _Prepared], key: tuple[Any, ...], prep: _Prepared
@@ -408,10 +421,15 @@ def decide_request(
     now: datetime,
     cache: DecisionCache | None = None,
 ) -> Decision:
-    """Decide a QueryRequested-like object (``.sql``, ``.target.database``, ``.target.schema``)."""
+    """Decide a QueryRequested-like object (``.sql`` and its ``.target``: database and schema for
+    names, role and warehouse for the rules that name them)."""
     target = getattr(request, "target", None)
-    database = getattr(target, "database", None)
-    schema = getattr(target, "schema", None)
+    where = {
+        "database": getattr(target, "database", None),
+        "schema": getattr(target, "schema", None),
+        "role": getattr(target, "role", None),
+        "warehouse": getattr(target, "warehouse", None),
+    }
     if cache is not None:
-        return cache.evaluate(request.sql, identity, catalog, policy, now, database=database, schema=schema)
-    return evaluate(request.sql, identity, catalog, policy, now, database=database, schema=schema)
+        return cache.evaluate(request.sql, identity, catalog, policy, now, **where)
+    return evaluate(request.sql, identity, catalog, policy, now, **where)

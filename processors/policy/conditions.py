@@ -55,9 +55,19 @@ def static_match(rule: Rule, facts: Facts) -> bool:
     return True
 
 
-def dynamic_match(rule: Rule, claims: Mapping[str, Any], now: datetime) -> bool:
-    """Conditions on claim values (globs) and the UTC time window."""
+def dynamic_match(
+    rule: Rule,
+    claims: Mapping[str, Any],
+    now: datetime,
+    role: str | None = None,
+    warehouse: str | None = None,
+) -> bool:
+    """Conditions on claim values (globs), the UTC time window, and the Snowflake role and
+    warehouse the caller asked for (a condition on them never matches when none was asked)."""
     w = rule.when
+    for globs, asked in ((w.roles, role), (w.warehouses, warehouse)):
+        if globs is not None and (not asked or not any(g.matches(asked) for g in globs)):
+            return False
     if w.claims is not None:
         for name, glob in w.claims:
             value = claims.get(name)

@@ -35,7 +35,10 @@ __all__ = ["load_policy", "parse_policy"]
 T = TypeVar("T")
 _TOP = {"version", "defaults", "classifications", "columns", "tables", "rules", "unmask"}
 _DEFAULTS = {"decision", "max_result_rows", "approval_ttl", "approvers", "min_approvals"}
-_WHEN = {"identity", "statement", "tables", "tables_tagged", "findings", "estimated_bytes_gt", "time"}
+_WHEN = {
+    "identity", "statement", "tables", "tables_tagged", "findings", "estimated_bytes_gt", "time",
+    "role", "warehouse",
+}  # fmt: skip
 _RULE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -443,6 +446,11 @@ def _when(r: _Reader, node: Node, known_tags: frozenset[str]) -> Conditions:
                     f"unknown finding {code!r} (expected one of {', '.join(sorted(FINDING_CODES))})",
                 )
         kw["findings"] = frozenset(c for _, c in codes)
+    for key, field_ in (("role", "roles"), ("warehouse", "warehouses")):
+        if key in spec:
+            if not isinstance(spec[key], SequenceNode) or not spec[key].value:
+                _fail(spec[key], f"{key} must be a non-empty list of globs (the requested {key})")
+            kw[field_] = tuple(r.convert(item, parse_glob) for item in spec[key].value)
     if "estimated_bytes_gt" in spec:
         kw["estimated_bytes_gt"] = r.convert(spec["estimated_bytes_gt"], parse_size)
     if "time" in spec:

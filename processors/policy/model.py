@@ -175,11 +175,21 @@ class Conditions:
     estimated_bytes_gt: int | None = None
     hours_utc: HoursWindow | None = None
     days: frozenset[int] | None = None  # 0 = Monday, as datetime.weekday()
+    # the Snowflake role / warehouse the caller asked for (its target), as globs
+    roles: tuple[Glob, ...] | None = None
+    warehouses: tuple[Glob, ...] | None = None
 
     @property
     def dynamic(self) -> bool:
-        """Whether the rule depends on claims or time (re-checked on every cache hit)."""
-        return self.claims is not None or self.hours_utc is not None or self.days is not None
+        """Whether the rule depends on claims, time or the requested role/warehouse (re-checked
+        on every cache hit)."""
+        return (
+            self.claims is not None
+            or self.hours_utc is not None
+            or self.days is not None
+            or self.roles is not None
+            or self.warehouses is not None
+        )
 
 
 @dataclass(frozen=True)
