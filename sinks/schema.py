@@ -277,8 +277,28 @@ def derive(event: Any) -> dict[str, Any]:
             row[name] = getattr(ctx, name)
         if row["actor"] is None:
             row["actor"] = ctx.actor
+    if et == "PolicyDecided" and ident is not None:
+        # the verified token's own claims, where it carries them, beat what a caller says it is
+        for name, value in _verified_context(ident.claims_json).items():
+            row[name] = value
     row["payload_json"] = payload_json(event)
     return row
+
+
+_VERIFIED_CONTEXT = ("repository", "workflow", "run_id")
+
+
+def _verified_context(claims_json: str | None) -> dict[str, str]:
+    """repository/workflow/run_id from verified claims (GitHub Actions OIDC names them so)."""
+    if not claims_json:
+        return {}
+    try:
+        claims = json.loads(claims_json)
+    except ValueError:
+        return {}
+    if not isinstance(claims, dict):
+        return {}
+    return {k: str(claims[k]) for k in _VERIFIED_CONTEXT if isinstance(claims.get(k), str | int)}
 
 
 def _list(value: Any) -> list[str] | None:

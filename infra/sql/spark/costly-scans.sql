@@ -1,11 +1,12 @@
 -- Costly scans: requests whose SQL the analyser flagged as a full_table_scan, or whose estimated
 -- or actual bytes (Snowflake's QUERY_HISTORY, read back by the executor) exceed {{bytes_threshold}},
 -- with the prompt that produced the SQL, the estimate and what it really scanned side by side.
+-- repository and run_id are the verified token's claims when it has them (the caller's otherwise).
 -- Placeholders: {{since}}, {{until}}, {{bytes_threshold}}.
 WITH dec AS (
   SELECT * FROM (
     SELECT request_id, occurred_at AS decided_at, subject, issuer, decision, findings, estimated_bytes,
-           sql_text, tables,
+           sql_text, tables, repository, run_id,
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, `offset`) AS rn
     FROM querytrail.audit.events
     WHERE event_type = 'PolicyDecided'
@@ -30,8 +31,8 @@ SELECT dec.request_id,
        dec.decision,
        dec.tables,
        req.model,
-       req.repository,
-       req.run_id,
+       coalesce(dec.repository, req.repository) AS repository,
+       coalesce(dec.run_id, req.run_id) AS run_id,
        req.prompt,
        dec.sql_text
 FROM dec
