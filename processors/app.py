@@ -256,8 +256,27 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         key = rid.encode()
         history = load_history(codec, state_table.get(key))
         state = _fold(history)
+        m = event.message
+        where = f"{m.topic}:{m.partition}:{m.offset}"
+        judged_at = b"verdict\x00" + verdict.event_id.encode()  # which record was judged
         if state is not None and verdict.event_id in state.judged:
-            log.info("duplicate verdict ignored", extra={"request_id": rid})
+            first = seen_table.get(judged_at)
+            if first is None or first.decode() == where:
+                log.info("duplicate verdict ignored (a redelivery)", extra={"request_id": rid})
+                return
+            # the same verdict event id at another record is a copy: refused and recorded each time
+            log.warning(
+                "replayed verdict refused: event id %s was judged at %s, this copy is at %s",
+                verdict.event_id,
+                first.decode(),
+                where,
+                extra={"request_id": rid},
+            )
+            await dead_letter(
+                event,
+                "verdict_replayed",
+                f"verdict {verdict.event_id} was already judged at {first.decode()}",
+            )
             return
         # the approver's sealed token opens only for exactly this verdict (ingress.sealing)
         binding = verdict_binding(
@@ -278,6 +297,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> faust
         await publish(outputs)  # before the state: a verdict judged but unpublished is judged again
         if state is not None and outputs:
             state_table[key] = dump_history(codec, history + outputs)
+            seen_table[judged_at] = where.encode()
         log.info("verdict judged: %s", " ".join(o.event_type for o in outputs), extra={"request_id": rid})
 
     @app.agent(requests_topic)

@@ -204,6 +204,39 @@ def test_a_sealed_approval_resent_as_a_denial_is_refused(forged_stack: Stack, at
     assert [r.outcome for r in resolved] == ["approved"]
 
 
+def test_a_replayed_verdict_is_recorded_every_time(forged_stack: Stack, attacker: Attacker) -> None:
+    """A verdict copied byte for byte (its event id repeats) is refused and recorded per copy."""
+    s = forged_stack
+    requester = s.token("ci-bot", ("ci",), purpose="replayed-verdict")
+    rid = _post(s, requester, PRIVILEGED)
+    _asked(s, rid)
+    alice = s.cli("approve", rid, "--token", s.token("alice", ("data-security",)))
+    assert alice.returncode == 0 and "accepted" in alice.stdout, alice.stdout + alice.stderr
+    copied = next(e for e in events(s, "approvals", rid) if isinstance(e, ApprovalVerdict))
+    wait_for(
+        s,
+        "decisions",
+        lambda e: isinstance(e, ApprovalVerdictRecorded) and e.verdict_event_id == copied.event_id,
+    )
+    values = [attacker.write("approvals", copied) for _ in range(2)]
+    found = wait_for(
+        s,
+        "deadletter",
+        lambda e: isinstance(e, DeadLetter) and e.value == values[0] and e.reason == "verdict_replayed",
+        count=2,
+        timeout=90.0,
+    )
+    assert len(found) == 2 and len({e.source_offset for e in found}) == 2
+    recorded = [
+        e
+        for e in events(s, "decisions", rid)
+        if isinstance(e, ApprovalVerdictRecorded) and e.verdict_event_id == copied.event_id
+    ]
+    assert len(recorded) == 1  # the genuine verdict counted once; the copies changed nothing
+    resolved = [e for e in events(s, "decisions", rid) if isinstance(e, ApprovalResolved)]
+    assert [r.outcome for r in resolved] == ["approved"]  # one approval (this rule needs one), once
+
+
 def test_fake_results_change_no_outcome(forged_stack: Stack, attacker: Attacker) -> None:
     s = forged_stack
     token = s.token("ci-bot", ("ci",))
