@@ -23,7 +23,7 @@ def test_worker_uses_the_catalog_topic(
     p = Pipeline(tmp_path / prefix, kafka_bootstrap, prefix, fakesnow_profile, catalog=None)
     try:
         p.start_all()
-        p.wait_log("worker", "catalog loaded", timeout=60)
+        p.wait_log("worker", "catalog loaded", timeout=120)
         token = p.token("ci-bot", ("ci",))
         outcome = p.submit("SELECT ID, EMAIL FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID <= 3", token)
         assert outcome.status == "completed", outcome.to_json()

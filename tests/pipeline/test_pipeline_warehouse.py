@@ -33,7 +33,7 @@ def test_filtered_query_runs_with_synced_sizes_and_reports_its_cost(
     )
     try:
         p.start_all()
-        p.wait_log("worker", "catalog loaded", timeout=60)
+        p.wait_log("worker", "catalog loaded", timeout=120)
         token = p.token("ci-bot", ("ci",), repository="acme/etl")
         outcome = p.submit(
             "SELECT STATUS, COUNT(*) AS N FROM ANALYTICS.PUBLIC.ORDERS WHERE ORDER_DATE >= '2025-06-01' "
