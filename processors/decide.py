@@ -102,7 +102,7 @@ class _Prepared:
     classifier: PolicyClassifier
     # per set of classifications released raw: the plan, or why it could not be made
     masking: dict[frozenset[tuple[str, str, str]], MaskingPlan | str] = field(default_factory=dict)
-    decisions: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision] = field(default_factory=dict)
+    decisions: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
     tree_used: bool = False  # the analysis tree was rewritten in place by a first masking plan
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -199,8 +199,14 @@ def _finish(
     matched = tuple(
         r for r in prep.candidates if not r.when.dynamic or dynamic_match(r, claims, now, role, warehouse)
     )
-    grants = tuple(g for g in policy.unmask if grant_matches(g, prep.facts.groups, claims))
-    key = (tuple(r.id for r in matched), tuple(g.id for g in grants))
+    grants = (
+        tuple(g for g in policy.unmask if grant_matches(g, prep.facts.groups, claims))
+        if policy.unmask
+        else ()
+    )
+    ids = tuple([r.id for r in matched])
+    # a tuple of rule ids, or (rule ids, grant ids) when a grant applies: never equal to each other
+    key: tuple[Any, ...] = (ids, tuple([g.id for g in grants])) if grants else ids
     found = prep.decisions.get(key)
     if found is not None:
         return found

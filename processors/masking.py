@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -51,7 +52,6 @@ from typing import Any, NamedTuple
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
-from sqlglot.optimizer.qualify_columns import quote_identifiers
 
 from processors.analysis.lineage import table_fq
 from processors.analysis.model import Analysis, Classifier, OutputColumn
@@ -214,6 +214,12 @@ def _quoted(name: str) -> str:
     return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
+# (classifier id, catalog id, masks, released, table) -> (classifier, catalog, its masks): the
+# per-table projection is the same for every statement decided under one policy and catalog
+_SHARED: dict[tuple[Any, ...], tuple[Any, Any, _TableMasks]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class _ReadMasker:
     def __init__(
         self,
@@ -227,6 +233,12 @@ class _ReadMasker:
         self.catalog = catalog
         self.unmasked = unmasked
         self._tables: dict[str, _TableMasks] = {}
+        self._shared_key = (
+            id(classifier),
+            id(catalog),
+            frozenset(masks.items()),
+            frozenset(unmasked.items()),
+        )
 
     def kind_for(self, classification: str) -> str:
         kind = self.masks.get(classification, "redact")  # classified but no mask configured: fail closed
@@ -238,6 +250,21 @@ class _ReadMasker:
         found = self._tables.get(fq)
         if found is not None:
             return found
+        key = (*self._shared_key, fq)
+        shared = _SHARED.get(key)
+        # the entry holds its classifier and catalog, so their ids cannot be reused meanwhile
+        if shared is not None and shared[0] is self.classifier and shared[1] is self.catalog:
+            self._tables[fq] = shared[2]
+            return shared[2]
+        found = self._build(fq)
+        with _SHARED_LOCK:
+            _SHARED[key] = (self.classifier, self.catalog, found)
+            while len(_SHARED) > 1024:
+                _SHARED.pop(next(iter(_SHARED)))
+        self._tables[fq] = found
+        return found
+
+    def _build(self, fq: str) -> _TableMasks:
         info = self.catalog.table(fq)
         if info is None:
             raise MaskingError(f"table {fq} is not in the catalog, so its reads cannot be masked")
@@ -259,9 +286,7 @@ class _ReadMasker:
             reads.append(MaskedRead(f"{fq}.{col.name}", cls_, kind))
             columns.append((col.name, kind, col.type))
             texts.append(f"{_mask_template(kind, col.type).replace(_COLUMN_SLOT, name)} AS {name}")
-        found = _TableMasks(columns, reads, released, ", ".join(texts))
-        self._tables[fq] = found
-        return found
+        return _TableMasks(columns, reads, released, ", ".join(texts))
 
 
 def _unwrap(node: Any) -> Any:
@@ -380,11 +405,8 @@ def _mask_reads(
             continue
         if all(k in _PLAIN_TABLE_ARGS for k, v in table.args.items() if v):
             slot = f"QT_READ_{len(splices)}_{_NONCE}"
-            name = exp.Table(
-                this=table.this.copy(), db=table.args["db"].copy(), catalog=table.args["catalog"].copy()
-            )
-            quote_identifiers(name, dialect="snowflake", identify=False)
-            splices[slot] = f"(SELECT {masks.text} FROM {name.sql('snowflake')})"
+            parts = (table.args["catalog"].name, table.args["db"].name, table.name)
+            splices[slot] = f"(SELECT {masks.text} FROM {'.'.join(_quoted(p) for p in parts)})"
             placeholder = exp.Table(this=exp.to_identifier(slot))
             alias = table.args.get("alias") or exp.TableAlias(this=_identifier(table.name))
             placeholder.set("alias", alias)
@@ -490,7 +512,9 @@ def plan_read_masking(
         return MaskingPlan(analysis.sql, (), (), tuple(released))
     if kind == "select":
         tree = _wrap_outputs(tree, analysis.output_columns, plans, wraps)
-    quote_identifiers(tree, dialect="snowflake", identify=False)
+    # no quote_identifiers pass: the analysed tree is normalised and qualified with its quoting
+    # already decided, and every identifier made here is quoted by _identifier when it must be
+    # (the generated SQL was identical with and without it over the corpus and fixtures)
     # the tree is our own copy: let the generator skip its defensive deep copy
     sql = _SNOWFLAKE.generate(tree, copy=False)
     for slot, text in splices.items():

@@ -65,9 +65,10 @@ def dynamic_match(
     """Conditions on claim values (globs), the UTC time window, and the Snowflake role and
     warehouse the caller asked for (a condition on them never matches when none was asked)."""
     w = rule.when
-    for globs, asked in ((w.roles, role), (w.warehouses, warehouse)):
-        if globs is not None and (not asked or not any(g.matches(asked) for g in globs)):
-            return False
+    if w.roles is not None or w.warehouses is not None:
+        for globs, asked in ((w.roles, role), (w.warehouses, warehouse)):
+            if globs is not None and (not asked or not any(g.matches(asked) for g in globs)):
+                return False
     if w.claims is not None:
         for name, glob in w.claims:
             value = claims.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 __all__ = [
@@ -179,7 +180,7 @@ class Conditions:
     roles: tuple[Glob, ...] | None = None
     warehouses: tuple[Glob, ...] | None = None
 
-    @property
+    @cached_property
     def dynamic(self) -> bool:
         """Whether the rule depends on claims, time or the requested role/warehouse (re-checked
         on every cache hit)."""
