@@ -17,7 +17,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,spark]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,spark,local]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install querytrail with the pinned constraints

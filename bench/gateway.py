@@ -68,7 +68,7 @@ def show(name: str, values: list[float]) -> tuple[float, float]:
 
 
 def bench_direct(profile: Any, n: int) -> tuple[list[float], list[float]]:
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     per_connect: list[float] = []
     for _ in range(n):
@@ -84,9 +84,9 @@ def bench_direct(profile: Any, n: int) -> tuple[list[float], list[float]]:
 
 def rewritten_sql(p: Any) -> str:
     """The statement the executor runs for SQL: the decision engine's rewrite under the test policy."""
-    from processors.catalog import Catalog
-    from processors.decide import evaluate
-    from processors.policy import IdentityClaims, load_policy
+    from processors.decision.policy import IdentityClaims, load_policy
+    from processors.decision.statement import evaluate
+    from processors.decision.warehouse_catalog import Catalog
     from schemas.events import utcnow
 
     claims = {"sub": "ci-bot", "iss": "bench", "groups": ["ci"]}
@@ -99,7 +99,7 @@ def rewritten_sql(p: Any) -> str:
 
 def bench_statement(profile: Any, sql: str, n: int) -> list[float]:
     """One statement on one open connection, n times."""
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     conn = connect(profile, {})
     cur = conn.cursor()
@@ -117,7 +117,7 @@ def emulator_ceiling(profile: Any, sql: str, threads: int, seconds: float = 5.0)
     """Statements/s the warehouse endpoint serves to ``threads`` open connections (nothing else running)."""
     import threading
 
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     conns = [connect(profile, {}) for _ in range(threads)]
     done = [0] * threads
@@ -176,7 +176,7 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
 def bench_hop(settings: Any, n: int) -> list[float]:
     from confluent_kafka import TopicPartition
 
-    from infra.clients import make_consumer, make_producer
+    from querytrail.kafka_clients import make_consumer, make_producer
 
     topic = f"{settings.kafka.topic_prefix}.actions"  # an idle topic of this run's prefix
     producer = make_producer(settings.kafka, **{"linger.ms": 0})
@@ -204,7 +204,7 @@ class Waiter:
     def __init__(self, settings: Any) -> None:
         from confluent_kafka import TopicPartition
 
-        from infra.clients import make_consumer
+        from querytrail.kafka_clients import make_consumer
         from schemas.codec import EventCodec
 
         self.codec = EventCodec()
@@ -228,7 +228,7 @@ class Waiter:
 
 def bench_pipeline(p: Any, n: int) -> list[float]:
     from ingress.client import QueryClient
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
     from schemas.events import ClientContext, Target
 
     client = QueryClient(p.settings)
@@ -255,7 +255,7 @@ def bench_pipeline(p: Any, n: int) -> list[float]:
 
 def bench_rate(p: Any, rate: float, seconds: float, pids: dict[str, int]) -> None:
     from ingress.client import QueryClient
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
     from schemas.events import ClientContext, Target
 
     client = QueryClient(p.settings)
@@ -314,7 +314,7 @@ TYPICAL = [("decisions", 900), ("executions", 1100), ("executions", 400), ("resu
 
 def request_records(p: Any, rid: str) -> list[tuple[str, bytes]]:
     """(topic suffix, exact bytes) of every signed record one request produced."""
-    from processors.kafka_io import read_topic
+    from querytrail.publishing import read_topic
 
     out = []
     for suffix in ("decisions", "executions", "results"):

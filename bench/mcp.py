@@ -223,7 +223,7 @@ def main() -> int:
     from infra.seed import seed
     from infra.topics import create_topics
     from ingress.app import create_app
-    from ingress.devissuer import mint_token
+    from querytrail.devissuer import mint_token
     from querytrail.settings import McpSettings, SnowflakeProfile
 
     home = Path(tempfile.mkdtemp(prefix="qt-bench-mcp-"))

@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 import sqlglot  # noqa: E402
 import sqlglot.parser  # noqa: E402
 
-from processors.analysis.fingerprint import fingerprint  # noqa: E402
-from processors.catalog import Catalog  # noqa: E402
-from processors.decide import DecisionCache, evaluate  # noqa: E402
-from processors.policy import IdentityClaims, load_policy  # noqa: E402
+from processors.decision.analysis.fingerprint import fingerprint  # noqa: E402
+from processors.decision.policy import IdentityClaims, load_policy  # noqa: E402
+from processors.decision.statement import DecisionCache, evaluate  # noqa: E402
+from processors.decision.warehouse_catalog import Catalog  # noqa: E402
 
 CORPUS = ROOT / "tests" / "processors" / "fixtures" / "corpus"
 IDENTITY = IdentityClaims.from_claims(

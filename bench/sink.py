@@ -211,7 +211,7 @@ def bench_bare(settings: Settings, source_table: Any, batch: int) -> dict[str, A
     """Bare pyiceberg appends of the very rows the sink wrote, in the same batch size."""
     from pyiceberg.catalog import load_catalog
 
-    from sinks.schema import PARTITION_SPEC, SCHEMA
+    from sinks.audit_schema import PARTITION_SPEC, SCHEMA
     from sinks.table import catalog_properties
 
     rows = source_table.scan().to_arrow()

@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from querytrail.kafka_clients import consumer_groups, consumer_lag
+from schemas.events import envelope
+
 if TYPE_CHECKING:
     from infra.stack import StackState
     from querytrail.settings import Settings
 
 __all__ = [
-    "consumer_groups",
-    "consumer_lag",
     "down",
     "health",
-    "partition_lag",
     "register",
     "smoke",
     "status",
@@ -212,64 +212,6 @@ def health(settings: Settings, services: dict[str, dict[str, Any]]) -> dict[str,
     return out
 
 
-def consumer_groups(settings: Settings) -> dict[str, str]:
-    """service -> the consumer group whose committed offsets show how far behind it is."""
-    prefix = settings.kafka.topic_prefix
-    return {"worker": f"{prefix}-worker", "executor": f"{prefix}.executor", "sink": f"{prefix}.audit-sink"}
-
-
-def consumer_lag(settings: Settings, groups: list[str], timeout: float = 5.0) -> dict[str, dict[str, int]]:
-    """group -> {topic: messages behind the log end}; a group whose offsets cannot be read is left out."""
-    out: dict[str, dict[str, int]] = {}
-    for group in groups:
-        try:
-            parts = partition_lag(settings, group, timeout)
-        except Exception:  # noqa: S112 -- an unknown group or the broker down: no lag to show
-            continue
-        lag: dict[str, int] = {}
-        for (topic, _), behind in parts.items():
-            lag[topic] = lag.get(topic, 0) + behind
-        out[group] = lag
-    return out
-
-
-def partition_lag(settings: Settings, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> messages between ``group``'s committed offset and the log end.
-
-    Only partitions the group has committed an offset for. The committed offsets are read with a
-    consumer carrying the group's id that never subscribes (so it never joins the group or
-    disturbs its members), not with AdminClient.list_consumer_group_offsets: confluent-kafka
-    2.16 segfaults on that call while a fresh broker has no group coordinator yet.
-    """
-    from confluent_kafka import Consumer, TopicPartition
-
-    conf: dict[str, Any] = {
-        **settings.kafka.confluent_config(),
-        "logger": logging.getLogger("querytrail.rdkafka"),
-        "group.id": group,
-        "enable.auto.commit": False,
-    }
-    probe = Consumer(conf)
-    try:
-        prefix = settings.kafka.topic_prefix + "."
-        meta = probe.list_topics(timeout=timeout)
-        parts = [
-            TopicPartition(name, p)
-            for name, topic in meta.topics.items()
-            if name.startswith(prefix)
-            for p in topic.partitions
-        ]
-        out: dict[tuple[str, int], int] = {}
-        for tp in probe.committed(parts, timeout=timeout) if parts else []:
-            if tp.error is not None or tp.offset < 0:
-                continue  # nothing committed there by this group
-            _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
-            out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        return out
-    finally:
-        probe.close()
-
-
 def _print_endpoints(services: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(services, indent=2))
@@ -358,7 +300,7 @@ def smoke(settings: Settings) -> list[str]:
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from infra.clients import make_consumer, make_producer, poll_messages, produce_sync
+    from querytrail.kafka_clients import make_consumer, make_producer, poll_messages, produce_sync
     from schemas.codec import EventCodec, key_for
     from schemas.topics import WITNESS, topic_names
 
@@ -418,15 +360,10 @@ def _smoke_event() -> Any:
         QueryRequested,
         Target,
         new_event_id,
-        producer,
-        utcnow,
     )
 
     return QueryRequested(
-        event_id=new_event_id(),
-        request_id=f"smoke-{new_event_id()}",
-        occurred_at=utcnow(),
-        producer=producer("cli"),
+        **envelope(f"smoke-{new_event_id()}", "cli"),
         prompt="smoke check: count the customers",
         model="none",
         sql="SELECT COUNT(*) FROM ANALYTICS.PUBLIC.CUSTOMERS",

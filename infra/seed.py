@@ -167,7 +167,7 @@ SEEDED_PII, SEEDED_SECRETS = _pii_values()
 
 
 def catalog() -> dict[str, Any]:
-    """The demo catalog in DESIGN.md's format.
+    """The demo catalog in the catalog file format (docs/architecture.md).
 
     The statistics are the catalog's, not the emulator's: the policy estimates bytes scanned
     from these numbers, so ORDERS is 250 million rows / 40 GB here (a full scan is visibly

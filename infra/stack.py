@@ -91,8 +91,8 @@ PREPARE: list[Callable[[Settings], None]] = []
 
 def _dev_keys(settings: Settings) -> None:
     """Every service's key before any service starts (docs/security.md): none races to make one."""
-    from ingress.sealing import ensure_keys
     from querytrail.keys import ensure_service_keys
+    from querytrail.sealing import ensure_keys
 
     ensure_keys(settings)
     ensure_service_keys(settings)

@@ -11,9 +11,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import ClientDisconnect, Request
 
-from ingress.identity import Identity
-from ingress.sealing import sign_attestation
+from querytrail.identity import Identity
+from querytrail.sealing import sign_attestation
 from querytrail.settings import Settings
+from schemas.events import envelope
 
 __all__ = ["ApiError", "build_action", "build_query", "openapi_document", "read_json_body"]
 
@@ -180,7 +181,7 @@ def build_query(
     key_id: str,
 ) -> Any:
     """A QueryRequested carrying the attested identity (never the token)."""
-    from schemas.events import Credential, QueryRequested, new_event_id, producer, utcnow
+    from schemas.events import Credential, QueryRequested, utcnow
 
     prompt, sql, model = _str(body, "prompt"), _str(body, "sql"), _str(body, "model")
     assert prompt is not None and sql is not None and model is not None
@@ -204,11 +205,7 @@ def build_query(
         ttl_s=settings.signing.attestation_ttl_s,
     )
     return QueryRequested(
-        event_id=new_event_id(),
-        request_id=request_id,
-        session_id=session_id,
-        occurred_at=now,
-        producer=producer("ingress"),
+        **envelope(request_id, "ingress", at=now, session_id=session_id),
         prompt=prompt,
         model=model,
         sql=sql,
@@ -227,7 +224,7 @@ def build_query(
 
 def build_action(body: dict[str, Any], *, identity: Identity) -> Any:
     """A DownstreamActionReported by the verified caller."""
-    from schemas.events import DownstreamActionReported, new_event_id, producer, utcnow
+    from schemas.events import DownstreamActionReported
 
     request_id, action, system = _str(body, "request_id"), _str(body, "action"), _str(body, "system")
     details = body.get("details", {})
@@ -239,10 +236,7 @@ def build_action(body: dict[str, Any], *, identity: Identity) -> Any:
     ):
         raise ApiError(422, "invalid_request", "'row_count' must be a non-negative integer")
     return DownstreamActionReported(
-        event_id=new_event_id(),
-        request_id=request_id or "",
-        occurred_at=utcnow(),
-        producer=producer("ingress"),
+        **envelope(request_id or "", "ingress"),
         action=action or "",
         system=system or "",
         details_json=json.dumps(details, sort_keys=True, separators=(",", ":")),

@@ -16,7 +16,6 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,34 +35,19 @@ from ingress.api import (
     openapi_document,
     read_json_body,
 )
-from ingress.identity import Identity, IdentityError, TokenVerifier
+from ingress.http_auth import RefusalLimiter, bearer_token, error_response, may_read, refused
 from ingress.indexer import OutcomeIndexer
 from ingress.outcomes import OutcomeIndex
-from ingress.sealing import key_id, load_attestation_private_key, token_sha256
+from querytrail.identity import Identity, IdentityError, TokenVerifier
 from querytrail.keys import event_signer
+from querytrail.sealing import key_id, load_attestation_private_key, token_sha256
 from querytrail.settings import Settings
+from schemas.events import envelope
+from schemas.topics import topic_names
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
-
-
-def _refused(err: IdentityError, **extra: Any) -> JSONResponse:
-    """401 with the specific reason (503 when the issuer's keys could not be fetched: retry later)."""
-    if err.code == "issuer_unavailable":
-        return _error(503, err.code, err.message, **extra)
-    resp = _error(401, err.code, err.message, **extra)
-    resp.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{err.code}"'
-    return resp
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class _Ingress:
@@ -78,8 +62,8 @@ class _Ingress:
         self.signing_key = load_attestation_private_key(settings)
         self.key_id = key_id(self.signing_key.public_key())
         self.event_signer = event_signer(settings, "ingress")  # signs every record it publishes
-        prefix = settings.kafka.topic_prefix
-        self.topics = {s: f"{prefix}.{s}" for s in ("requests", "results", "actions", "decisions")}
+        names = topic_names(settings.kafka.topic_prefix)
+        self.topics = {s: names[s] for s in ("requests", "results", "actions", "decisions")}
         self.index = OutcomeIndex(settings.ingress.index_max_requests)
         self.idempotency_secret = _idempotency_secret(self.signing_key)
         self.refusals = RefusalLimiter(_REFUSALS_PER_MINUTE)
@@ -87,7 +71,7 @@ class _Ingress:
         self.producer: Any = None
 
     def start(self) -> None:
-        from infra.producer import make_producer
+        from querytrail.kafka_clients import make_producer
 
         timeout_ms = int(self.settings.ingress.publish_timeout_s * 1000)
         self.producer = make_producer(self.settings.kafka, **{"message.timeout.ms": timeout_ms})
@@ -103,7 +87,7 @@ class _Ingress:
         """Produce one event and wait for its delivery report; ApiError 503 when it is not acknowledged."""
         from confluent_kafka import KafkaException
 
-        from infra.producer import KafkaUnavailableError, produce_sync
+        from querytrail.kafka_clients import KafkaUnavailableError, produce_sync
         from schemas.codec import key_for
 
         value = self.codec.encode(event)
@@ -126,17 +110,14 @@ class _Ingress:
             ) from None
 
     async def authenticate(self, request: Request) -> Identity:
-        return await run_in_threadpool(self.verifier.verify, _bearer(request))
+        return await run_in_threadpool(self.verifier.verify, bearer_token(request))
 
     def reject_identity(self, request_id: str, token: str, err: IdentityError) -> None:
         """Record a refused caller in the audit log (never the token, only its hash)."""
-        from schemas.events import QueryRejected, new_event_id, producer, utcnow
+        from schemas.events import QueryRejected
 
         event = QueryRejected(
-            event_id=new_event_id(),
-            request_id=request_id,
-            occurred_at=utcnow(),
-            producer=producer("ingress"),
+            **envelope(request_id, "ingress"),
             stage="identity",
             reason_code=err.code,
             reason=err.message,
@@ -174,34 +155,6 @@ def body_fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class RefusalLimiter:
-    """Per client address, how many refused (401) callers are recorded a minute (token bucket).
-
-    Every refusal is otherwise a QueryRejected on the results topic: a flood of bad tokens would
-    fill the log; past the limit the caller gets 429 and nothing is published (it is logged).
-    """
-
-    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = float(per_minute)
-        self._max = max_clients
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, client: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, at = self._buckets.get(client, (self._burst, now))
-            tokens = min(self._burst, tokens + (now - at) * self._rate)
-            if len(self._buckets) >= self._max and client not in self._buckets:
-                self._buckets = {c: b for c, b in self._buckets.items() if b[0] < self._burst}
-            if tokens < 1.0:
-                self._buckets[client] = (tokens, now)
-                return False
-            self._buckets[client] = (tokens - 1.0, now)
-            return True
-
-
 def _state(request: Request) -> _Ingress:
     state: _Ingress = request.app.state.ingress
     return state
@@ -212,23 +165,25 @@ async def post_query(request: Request) -> JSONResponse:
 
     ing = _state(request)
     request_id = new_event_id()
-    token = _bearer(request)
+    token = bearer_token(request)
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
         client = request.client.host if request.client else "unknown"
         if err.code != "issuer_unavailable" and not ing.refusals.allow(client):
             log.warning("refused caller not recorded (rate limit of %s): %s", client, err.code)
-            resp = _error(429, "too_many_refusals", "too many refused requests from this address")
+            resp = error_response(429, "too_many_refusals", "too many refused requests from this address")
             resp.headers["Retry-After"] = "60"
             return resp
         log.info("refused caller: %s", err.code, extra={"request_id": request_id})
         await run_in_threadpool(ing.reject_identity, request_id, token, err)
-        return _refused(err, request_id=request_id)
+        return refused(err, request_id=request_id)
     key = request.headers.get("idempotency-key")
     if key is not None:
         if not _IDEMPOTENCY_KEY.fullmatch(key):
-            return _error(400, "bad_idempotency_key", "Idempotency-Key: 1-200 printable ASCII characters")
+            return error_response(
+                400, "bad_idempotency_key", "Idempotency-Key: 1-200 printable ASCII characters"
+            )
         # A retry (the 202 was lost: a timeout, a restarted ingress) gets the same request id,
         # so the worker decides it once; scoped to the caller, so keys never collide across callers.
         request_id = idempotent_request_id(ing.idempotency_secret, identity.issuer, identity.subject, key)
@@ -236,7 +191,9 @@ async def post_query(request: Request) -> JSONResponse:
     fingerprint = body_fingerprint(body) if key is not None else None
     if fingerprint is not None and ing.index.fingerprint_conflicts(request_id, fingerprint):
         log.warning("Idempotency-Key reused with another body", extra={"request_id": request_id})
-        return _error(409, "idempotency_key_reused", "this Idempotency-Key was sent before with another body")
+        return error_response(
+            409, "idempotency_key_reused", "this Idempotency-Key was sent before with another body"
+        )
     event = build_query(
         body,
         request_id=request_id,
@@ -251,37 +208,31 @@ async def post_query(request: Request) -> JSONResponse:
     return JSONResponse({"request_id": request_id, "status": "accepted"}, status_code=202)
 
 
-def _may_read(identity: Identity, requester: tuple[str, str] | None, auditors: list[str]) -> bool:
-    if set(identity.groups) & set(auditors):
-        return True
-    return requester == (identity.issuer, identity.subject)
-
-
 async def get_query(request: Request) -> JSONResponse:
     ing = _state(request)
     request_id = request.path_params["request_id"]
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
-        return _refused(err)
+        return refused(err)
     try:
         wait = float(request.query_params.get("wait", "0"))
     except ValueError:
-        return _error(400, "bad_request", "wait must be a number of seconds")
+        return error_response(400, "bad_request", "wait must be a number of seconds")
     deadline = time.monotonic() + max(0.0, min(wait, ing.settings.ingress.max_wait_s))
     auditors = ing.settings.ingress.auditor_groups
     while True:
         snap = ing.index.get(request_id)
         if snap is not None and snap["requester"] is not None:
-            if not _may_read(identity, snap["requester"], auditors):
-                return _error(403, "forbidden", "this request belongs to another caller")
+            if not may_read(identity, snap["requester"], auditors):
+                return error_response(403, "forbidden", "this request belongs to another caller")
             if snap["terminal"]:
                 return JSONResponse(snap["body"])
         if time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)
-    if snap is None or (snap["requester"] is None and not _may_read(identity, None, auditors)):
-        return _error(404, "not_found", f"no outcome known for request {request_id}")
+    if snap is None or (snap["requester"] is None and not may_read(identity, None, auditors)):
+        return error_response(404, "not_found", f"no outcome known for request {request_id}")
     return JSONResponse(snap["body"])
 
 
@@ -290,16 +241,16 @@ async def post_action(request: Request) -> JSONResponse:
     try:
         identity = await ing.authenticate(request)
     except IdentityError as err:
-        return _refused(err)
+        return refused(err)
     body = await read_json_body(request, ing.settings.ingress.max_body_bytes)
     event = build_action(body, identity=identity)
     # the ownership rule of GET: only the requester (or an auditor) reports on a known request
     snap = ing.index.get(event.request_id)
     auditors = ing.settings.ingress.auditor_groups
-    if snap is None or (snap["requester"] is None and not _may_read(identity, None, auditors)):
-        return _error(404, "not_found", f"no request {event.request_id} known")
-    if snap["requester"] is not None and not _may_read(identity, snap["requester"], auditors):
-        return _error(403, "forbidden", "this request belongs to another caller")
+    if snap is None or (snap["requester"] is None and not may_read(identity, None, auditors)):
+        return error_response(404, "not_found", f"no request {event.request_id} known")
+    if snap["requester"] is not None and not may_read(identity, snap["requester"], auditors):
+        return error_response(403, "forbidden", "this request belongs to another caller")
     await run_in_threadpool(ing.publish, "actions", event)
     log.info("action reported by %s", identity.subject, extra={"request_id": event.request_id})
     return JSONResponse({"request_id": event.request_id, "event_id": event.event_id}, status_code=202)
@@ -320,7 +271,7 @@ async def readyz(request: Request) -> JSONResponse:
             return False
 
     if not await run_in_threadpool(probe):
-        return _error(503, "kafka_unavailable", "Kafka is unreachable")
+        return error_response(503, "kafka_unavailable", "Kafka is unreachable")
     return JSONResponse({"status": "ready", "outcome_index": ing.indexer.assigned.is_set()})
 
 
@@ -329,31 +280,31 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 async def dev_discovery(request: Request) -> JSONResponse:
-    from ingress import devissuer
+    from querytrail import devissuer
 
     return JSONResponse(devissuer.discovery_document(_state(request).settings))
 
 
 async def dev_jwks(request: Request) -> JSONResponse:
-    from ingress import devissuer
+    from querytrail import devissuer
 
     return JSONResponse(await run_in_threadpool(devissuer.jwks_document, _state(request).settings))
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return _error(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail))
+    return error_response(exc.status_code, code, str(exc.detail))
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, "internal_error", "internal error")
+    return error_response(500, "internal_error", "internal error")
 
 
 def create_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> Starlette:

@@ -1,6 +1,6 @@
 """The CI client: submit a QueryRequested straight to Kafka and wait for its outcome.
 
-The raw token is sealed to the worker's X25519 public key (``ingress.sealing``) so it never
+The raw token is sealed to the worker's X25519 public key (``querytrail.sealing``) so it never
 sits in clear on a topic; the request carries its SHA-256 in clear for correlation. The
 waiter reads the decisions and results topics from the log-end offsets taken *before* the
 request is produced, so no outcome can slip between producing and subscribing.
@@ -19,9 +19,11 @@ import httpx
 
 from ingress.indexer import assign_from
 from ingress.outcomes import RequestOutcome
-from ingress.sealing import load_sealing_public_key, seal_token, token_sha256
 from querytrail.keys import SignatureError, event_verifier
+from querytrail.sealing import load_sealing_public_key, seal_token, token_sha256
 from querytrail.settings import Settings
+from schemas.events import envelope
+from schemas.topics import topic_names
 
 __all__ = [
     "ClientError",
@@ -152,9 +154,9 @@ class QueryClient:
 
         self.settings = settings
         self.codec = EventCodec(settings.kafka.schema_registry_url)
-        prefix = settings.kafka.topic_prefix
-        self.requests_topic = f"{prefix}.requests"
-        self.outcome_topics = [f"{prefix}.decisions", f"{prefix}.results"]
+        names = topic_names(settings.kafka.topic_prefix)
+        self.requests_topic = names["requests"]
+        self.outcome_topics = [names["decisions"], names["results"]]
         try:
             self._worker_key = load_sealing_public_key(settings)
         except FileNotFoundError as exc:
@@ -173,14 +175,10 @@ class QueryClient:
         session_id: str | None = None,
         max_rows: int | None = None,
     ) -> Any:
-        from schemas.events import Credential, QueryRequested, new_event_id, producer, utcnow
+        from schemas.events import Credential, QueryRequested
 
         return QueryRequested(
-            event_id=new_event_id(),
-            request_id=request_id,
-            session_id=session_id,
-            occurred_at=utcnow(),
-            producer=producer("cli"),
+            **envelope(request_id, "cli", session_id=session_id),
             prompt=prompt,
             model=model,
             sql=sql,
@@ -195,7 +193,7 @@ class QueryClient:
 
     def submit(self, *, token: str, request_id: str | None = None, **fields: Any) -> Submission:
         """Position a waiter at the current log ends, then produce the request (acks=all)."""
-        from infra.producer import make_consumer, make_producer, produce_sync
+        from querytrail.kafka_clients import make_consumer, make_producer, produce_sync
         from schemas.codec import key_for
         from schemas.events import new_event_id
 

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from ingress.outcomes import OutcomeIndex
 from querytrail.keys import SignatureError, event_verifier
 from querytrail.settings import Settings
+from schemas.topics import topic_names
 
 __all__ = ["OutcomeIndexer", "assign_from"]
 
@@ -57,8 +58,8 @@ class OutcomeIndexer(threading.Thread):
         self._codec = codec
         self._stop_event = threading.Event()
         self.assigned = threading.Event()  # set once it reads; readiness and tests wait on it
-        prefix = settings.kafka.topic_prefix
-        self._topics = [f"{prefix}.decisions", f"{prefix}.results"]
+        names = topic_names(settings.kafka.topic_prefix)
+        self._topics = [names["decisions"], names["results"]]
         self._records = event_verifier(
             settings, service=True
         )  # only what the services signed changes an outcome
@@ -67,7 +68,7 @@ class OutcomeIndexer(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        from infra.producer import make_consumer
+        from querytrail.kafka_clients import make_consumer
 
         consumer = make_consumer(
             self._settings.kafka,

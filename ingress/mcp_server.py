@@ -35,7 +35,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ingress.api import ApiError, build_query
-from ingress.identity import Identity, IdentityError
 from ingress.mcp_tools import (
     TOOLS,
     Caller,
@@ -45,6 +44,7 @@ from ingress.mcp_tools import (
     shape_outcome,
     validate,
 )
+from querytrail.identity import Identity, IdentityError
 
 __all__ = ["McpBackend", "McpMount", "build_server", "protected_resource_metadata"]
 
@@ -59,7 +59,7 @@ class McpBackend:
     """What the tools do, in the ingress process: submit, read outcomes, policy and catalog views."""
 
     def __init__(self, ingress: Any) -> None:
-        from ingress.app import RefusalLimiter
+        from ingress.http_auth import RefusalLimiter
 
         self.ing = ingress
         self.settings = ingress.settings
@@ -74,7 +74,7 @@ class McpBackend:
         """(policy, catalog) as the worker sees them; reloaded when due."""
         with self._runtime_lock:
             if self._runtime is None:
-                from processors.runtime import WorkerRuntime
+                from processors.worker.runtime import WorkerRuntime
 
                 self._runtime = WorkerRuntime(self.settings)
             rt = self._runtime
@@ -88,13 +88,13 @@ class McpBackend:
             policy, catalog = self._views()
         except ToolError:
             return {}
-        from processors.policy.classifier import masks_for
+        from processors.decision.policy.classifier import masks_for
 
         return masks_for(policy, catalog)
 
     def check(self, identity: Identity, sql: str, database: str | None, schema: str | None) -> dict[str, Any]:
-        from processors.decide import evaluate
-        from processors.worker import identity_claims
+        from processors.decision.requests import identity_claims
+        from processors.decision.statement import evaluate
 
         policy, catalog = self._views()
         decision = evaluate(
@@ -113,9 +113,9 @@ class McpBackend:
 
     def tables(self, identity: Identity) -> list[dict[str, Any]]:
         """Every catalog table with each column's classification and the mask this caller gets."""
-        from processors.policy import grant_matches
-        from processors.policy.classifier import PolicyClassifier, masks_for
-        from processors.worker import identity_claims
+        from processors.decision.policy import grant_matches
+        from processors.decision.policy.classifier import PolicyClassifier, masks_for
+        from processors.decision.requests import identity_claims
 
         policy, catalog = self._views()
         claims = identity_claims(identity.to_verified())
@@ -192,14 +192,14 @@ class McpBackend:
         self, identity: Identity, request_id: str, wait_s: float, until: tuple[str, ...]
     ) -> Any:
         """The caller's own request's outcome once its status is in ``until`` or ``wait_s`` passed."""
-        from ingress.app import _may_read
+        from ingress.http_auth import may_read
 
         auditors = self.settings.ingress.auditor_groups
         deadline = time.monotonic() + wait_s
         while True:
             snap = self.ing.index.get(request_id)
             if snap is not None and snap["requester"] is not None:
-                if not _may_read(identity, snap["requester"], auditors):
+                if not may_read(identity, snap["requester"], auditors):
                     raise ToolError("forbidden", f"request {request_id} belongs to another caller")
                 if snap["body"]["status"] in until:
                     return snap["body"]
@@ -357,10 +357,10 @@ class _Authenticated:
         self.ing, self.app = ingress, app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from ingress.app import _bearer, _refused
+        from ingress.http_auth import bearer_token, refused
 
         request = Request(scope, receive)
-        token = _bearer(request)
+        token = bearer_token(request)
         try:
             identity: Identity = await self.ing.authenticate(request)
         except IdentityError as err:
@@ -371,7 +371,7 @@ class _Authenticated:
 
                     with contextlib.suppress(ApiError):
                         await run_in_threadpool(self.ing.reject_identity, new_event_id(), token, err)
-            resp = _refused(err)
+            resp = refused(err)
             if resp.status_code == 401:
                 meta = f"{str(request.base_url).rstrip('/')}/.well-known/oauth-protected-resource/mcp"
                 resp.headers["WWW-Authenticate"] = (

@@ -166,7 +166,7 @@ class ToolError(Exception):
 class Caller:
     """Who is calling, as the MCP layer knows it (the verified identity lives with the backend)."""
 
-    identity: Any  # ingress.identity.Identity
+    identity: Any  # querytrail.identity.Identity
     client_name: str = "unknown"
     client_version: str = "unknown"
     model: str | None = None

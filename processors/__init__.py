@@ -1,1 +1,2 @@
-"""The faust app and the pure decision code: SQL analysis, policy, masking, approvals, executor."""
+"""Stream processing: the pure decision core (``decision``) and the two services that run it
+(``worker``: faust app; ``executor``: the Snowflake side)."""

@@ -16,13 +16,15 @@ act on or not show is written as an escape:
 
 A backslash is not doubled (SQL is full of them), so a text can spell ``\\x1b`` itself;
 ``hidden`` says whether anything was escaped, for views that must tell the two apart.
+``json_inert`` applies the same rule to JSON text printed on a terminal, as ``\\uXXXX`` escapes
+that leave the parsed value unchanged.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["hidden", "terminal"]
+__all__ = ["hidden", "json_inert", "terminal"]
 
 # Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) that are not already in a
 # category escaped below: invisible, yet letters or marks to unicodedata
@@ -101,3 +103,18 @@ def hidden(text: object) -> int:
     """
     s = "" if text is None else str(text)
     return sum(1 for ch in s if ch not in "\n\t" and _escaped(ch))
+
+
+def json_inert(text: str) -> str:
+    """JSON whose strings carry no raw control or invisible character (ANSI escapes, bidi
+    overrides): each is written as a ``\\uXXXX`` escape, so the parsed value is unchanged."""
+    out = []
+    for ch in text:
+        if ch < "\x7f" or not hidden(ch):
+            out.append(ch)
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:  # a surrogate pair, as JSON spells characters above U+FFFF
+            cp = ord(ch) - 0x10000
+            out.append(f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}")
+    return "".join(out)

@@ -177,7 +177,7 @@ def start_lag_reporter(service: str, settings: Any, group: str, interval_s: floa
     import threading
 
     def loop() -> None:
-        from infra.commands import partition_lag
+        from querytrail.kafka_clients import partition_lag
 
         while True:
             try:

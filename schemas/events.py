@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import metadata
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 __all__ = [
     "ApprovalRequested",
@@ -50,6 +50,7 @@ __all__ = [
     "VERDICT_SYMBOLS",
     "Verdict",
     "VerifiedIdentity",
+    "envelope",
     "new_event_id",
     "producer",
     "utcnow",
@@ -856,3 +857,22 @@ def _version() -> str:
 def producer(component: str) -> Producer:
     """The ``producer`` field for an event written by ``component`` (e.g. "cli", "executor")."""
     return Producer(component=component, version=_version())
+
+
+def envelope(
+    request_id: str, component: str, *, at: datetime | None = None, session_id: str | None = None
+) -> dict[str, Any]:
+    """The metadata every event starts with: a fresh ``event_id``, the ``request_id``, when
+    (``at``, default now), the producing ``component`` and, when given, the agent session.
+
+    ``SomeEvent(**envelope(rid, "worker", at=now), field=...)``: the one place these are built.
+    """
+    meta: dict[str, Any] = {
+        "event_id": new_event_id(),
+        "request_id": request_id,
+        "occurred_at": utcnow() if at is None else at,
+        "producer": producer(component),
+    }
+    if session_id is not None:
+        meta["session_id"] = session_id
+    return meta

@@ -182,7 +182,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import metadata
-from typing import TypeAlias
+from typing import Any, TypeAlias
 '''
 
 _HELPERS = '''
@@ -229,6 +229,25 @@ def _version() -> str:
 def producer(component: str) -> Producer:
     """The ``producer`` field for an event written by ``component`` (e.g. "cli", "executor")."""
     return Producer(component=component, version=_version())
+
+
+def envelope(
+    request_id: str, component: str, *, at: datetime | None = None, session_id: str | None = None
+) -> dict[str, Any]:
+    """The metadata every event starts with: a fresh ``event_id``, the ``request_id``, when
+    (``at``, default now), the producing ``component`` and, when given, the agent session.
+
+    ``SomeEvent(**envelope(rid, "worker", at=now), field=...)``: the one place these are built.
+    """
+    meta: dict[str, Any] = {
+        "event_id": new_event_id(),
+        "request_id": request_id,
+        "occurred_at": utcnow() if at is None else at,
+        "producer": producer(component),
+    }
+    if session_id is not None:
+        meta["session_id"] = session_id
+    return meta
 '''
 
 
@@ -241,7 +260,7 @@ def render(avsc_dir: Path = AVSC_DIR) -> str:
     events = list(schemas)
     nested = [n for n in collector.order if not collector.named[n].is_event]
     names = sorted(
-        [*collector.order, "Event", "EVENT_CLASSES", "new_event_id", "producer", "utcnow"]
+        [*collector.order, "Event", "EVENT_CLASSES", "envelope", "new_event_id", "producer", "utcnow"]
         + [_symbols_name(n) for n in collector.order if collector.named[n].schema["type"] == "enum"]
     )
     lines = [_HEADER.format(sources=" ".join(f"{n}.avsc" for n in events)).rstrip("\n")]

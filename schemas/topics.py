@@ -1,4 +1,5 @@
-"""Every querytrail topic, declared once: its name, the events it carries and its configs.
+"""Every querytrail topic, declared once: its name, the events it carries and its configs; and
+the consumer groups that read them.
 
 The Kafka key is the request id everywhere (the catalog topic: the table name), encoded as
 UTF-8, and every producer uses the murmur2 partitioner so one request's events share a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TOPICS", "WITNESS", "Topic", "topic_names"]
+__all__ = ["GROUPS", "TOPICS", "WITNESS", "Topic", "group_id", "topic_names"]
 
 _DAY_MS = 24 * 3600 * 1000
 
@@ -95,3 +96,20 @@ WITNESS = Topic(
 def topic_names(prefix: str = "querytrail") -> dict[str, str]:
     """suffix -> full topic name for the given prefix (tests use a unique prefix each)."""
     return {suffix: t.name(prefix) for suffix, t in TOPICS.items()}
+
+
+# The durable consumer groups, service -> the group's name after the topic prefix. The worker's
+# is faust's app id, which faust joins with a hyphen; the others join with a dot. The spellings
+# are kept as deployed: a renamed group starts again from its reset policy and would orphan the
+# offsets it committed. Throwaway readers (smoke checks, `read_topic`, the ingress's indexer)
+# use a unique group each and are not listed.
+GROUPS: dict[str, str] = {
+    "worker": "-worker",
+    "executor": ".executor",
+    "sink": ".audit-sink",
+}
+
+
+def group_id(service: str, prefix: str = "querytrail") -> str:
+    """The consumer group ``service`` commits its offsets under (``GROUPS``)."""
+    return f"{prefix}{GROUPS[service]}"

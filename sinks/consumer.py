@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from querytrail.keys import KID_HEADER, SIG_HEADER, header_value
 from querytrail.observability import SINK_COMMIT_LATENCY
 from querytrail.settings import Settings
-from schemas.topics import topic_names
+from schemas.topics import group_id, topic_names
 from sinks.chain import ensure_keypair, load_signer, tp_key
 from sinks.deadletters import SinkDeadLetters
 from sinks.table import load_or_create_table
@@ -43,7 +43,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     conf = settings.kafka.confluent_config()
     conf.update(
         {
-            "group.id": f"{settings.kafka.topic_prefix}.audit-sink",
+            "group.id": group_id("sink", settings.kafka.topic_prefix),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -77,7 +77,7 @@ def build_sink(settings: Settings) -> IcebergSink:
 
 def witness_publisher(settings: Settings) -> Any:
     """``publish(key, line)`` onto the witness topic, acknowledged (acks=all) or raising."""
-    from infra.clients import make_producer, produce_sync
+    from querytrail.kafka_clients import make_producer, produce_sync
     from schemas.topics import WITNESS
 
     topic = WITNESS.name(settings.kafka.topic_prefix)

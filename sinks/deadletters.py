@@ -2,7 +2,7 @@
 
 The worker dead-letters what it cannot use on ``requests`` and ``approvals``, the executor on
 ``executions``. Nothing else consumes ``decisions``, ``results``, ``actions`` or ``catalog``, so
-bad bytes there would reach only the audit table, as an ``Undecodable`` row. DESIGN.md promises
+bad bytes there would reach only the audit table, as an ``Undecodable`` row. The design promises
 a DeadLetter for them too: the sink publishes it. Bad bytes on ``deadletter`` itself are only
 recorded (the Undecodable row): that topic is where bad input ends, not a source of more.
 
@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, Message
 
-from infra.clients import make_producer
-from processors.kafka_io import PRODUCER_MAX_BYTES, dead_letter_event
+from querytrail.kafka_clients import make_producer
 from querytrail.keys import SignatureError, event_verifier
 from querytrail.observability import DEAD_LETTERS
+from querytrail.publishing import PRODUCER_MAX_BYTES, dead_letter_event
 from querytrail.settings import Settings
 from schemas.codec import EventCodec, key_for
 from schemas.topics import TOPICS, topic_names

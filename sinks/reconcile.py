@@ -18,8 +18,8 @@ finding. Each finding is a BypassDetected event (keyed ``reconcile-<kind>-<id>``
 ``bypass`` report. A state file remembers how far a run got and what it reported, so a rerun
 over the same window reports nothing twice; every run re-reads ``latency_s`` back from the last
 watermark, because ACCOUNT_USAGE rows can land that late. Pure over rows: the history rows come
-from processors.warehouse_history, the audit rows from the Iceberg table (or, in tests, from
-``sinks.schema.derive`` of events).
+from processors.executor.warehouse_history, the audit rows from the Iceberg table (or, in tests, from
+``sinks.audit_schema.derive`` of events).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from querytrail.query_tag import parse_query_tag
-from schemas.events import BypassDetected, new_event_id, producer, utcnow
+from schemas.events import BypassDetected, envelope, utcnow
 
 __all__ = [
     "CATALOG_SYNC_TAG",
@@ -50,8 +50,8 @@ __all__ = [
     "plan_window",
 ]
 
-CATALOG_SYNC_TAG = "querytrail-catalog-sync"  # processors.catalog_sync's tag
-RECONCILE_TAG = "querytrail-reconcile"  # processors.warehouse_history's tag
+CATALOG_SYNC_TAG = "querytrail-catalog-sync"  # processors.executor.catalog_sync's tag
+RECONCILE_TAG = "querytrail-reconcile"  # processors.executor.warehouse_history's tag
 _MAX_TEXT = 65_536
 
 # Statements the executor itself issues in a tagged session, around the authorised statement.
@@ -249,10 +249,7 @@ def finding_events(findings: Iterable[Finding], component: str = "reconcile") ->
         text = h.get("QUERY_TEXT")
         events.append(
             BypassDetected(
-                event_id=new_event_id(),
-                request_id=f.key,
-                occurred_at=now,
-                producer=producer(component),
+                **envelope(f.key, component, at=now),
                 reason_code=f.kind,
                 detail=f.detail,
                 related_request_id=f.related_request_id,

@@ -182,8 +182,8 @@ def redecide(rows: list[dict[str, Any]], policy: Any, catalog: Any) -> list[dict
     The identity is the one the processors verified (the PolicyDecided event), the time the
     original request time, the session defaults the request's target.
     """
-    from processors.decide import evaluate
-    from processors.policy import IdentityClaims
+    from processors.decision.policy import IdentityClaims
+    from processors.decision.statement import evaluate
 
     by_request: dict[str, dict[str, dict[str, Any]]] = {}
     for row in sorted(rows, key=_order):

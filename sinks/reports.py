@@ -114,10 +114,10 @@ def _plain(value: Any) -> Any:
 
 def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "table") -> str:
     """Rows as a text table, JSON (a list of objects) or CSV; untrusted text is escaped."""
-    from querytrail.escape import terminal
+    from querytrail.escape import json_inert, terminal
 
     if fmt == "json":
-        return _json_inert(
+        return json_inert(
             json.dumps(
                 [dict(zip(names, map(_plain, r), strict=True)) for r in rows], indent=2, ensure_ascii=False
             )
@@ -141,23 +141,6 @@ def format_result(names: list[str], rows: list[tuple[Any, ...]], fmt: str = "tab
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
-
-
-def _json_inert(text: str) -> str:
-    """JSON whose strings carry no raw control or invisible character (ANSI escapes, bidi
-    overrides): each is written as a ``\\uXXXX`` escape, so the parsed value is unchanged."""
-    from querytrail.escape import hidden
-
-    out = []
-    for ch in text:
-        if ch < "\x7f" or not hidden(ch):
-            out.append(ch)
-        elif ord(ch) <= 0xFFFF:
-            out.append(f"\\u{ord(ch):04x}")
-        else:  # a surrogate pair, as JSON spells characters above U+FFFF
-            cp = ord(ch) - 0x10000
-            out.append(f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}")
-    return "".join(out)
 
 
 def _cell(value: Any) -> str:

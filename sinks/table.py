@@ -19,8 +19,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from querytrail.settings import Settings
+from sinks.audit_schema import PARTITION_SPEC, SCHEMA
 from sinks.chain import Head
-from sinks.schema import PARTITION_SPEC, SCHEMA
 
 __all__ = [
     "SUMMARY_HEADS",

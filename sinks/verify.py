@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from sinks.audit_schema import DERIVED_COLUMNS, derive, row_fields
 from sinks.chain import GENESIS, Head, Verifier, chain_step
-from sinks.schema import DERIVED_COLUMNS, derive, row_fields
 from sinks.witness import WitnessLine, check_lines, read_lines
 
 __all__ = ["Problem", "VerifyReport", "verify_rows", "verify_table"]
@@ -424,7 +424,7 @@ def _read_rows(tbl: Any, since: datetime | None) -> tuple[pa.Table, list[tuple[s
         pass
     import pyarrow.parquet as pq
 
-    from sinks.schema import ARROW_SCHEMA
+    from sinks.audit_schema import ARROW_SCHEMA
 
     pieces, unreadable = [], []
     for task in tbl.scan().plan_files():

@@ -226,7 +226,7 @@ def read_witness_topic(settings: Any, timeout: float = 15.0) -> list[bytes]:
     """Every line on the witness topic, from its start to its current end."""
     from confluent_kafka import TopicPartition
 
-    from infra.clients import make_consumer
+    from querytrail.kafka_clients import make_consumer
     from schemas.topics import WITNESS
 
     topic = WITNESS.name(settings.kafka.topic_prefix)

@@ -27,8 +27,8 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
+from sinks.audit_schema import ARROW_SCHEMA, derive, undecodable_row
 from sinks.chain import GENESIS, Head, Signer, chain_step, tp_key
-from sinks.schema import ARROW_SCHEMA, derive, undecodable_row
 from sinks.table import SinkState, state_of
 from sinks.witness import WitnessWriter
 

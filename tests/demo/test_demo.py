@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, jar_cache
+
+from tests.conftest import free_port, jar_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

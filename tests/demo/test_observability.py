@@ -75,10 +75,10 @@ def test_logging_config_writes_json_lines_with_request_ids_and_no_tokens() -> No
         stream = io.StringIO()
         root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
         token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJjaS1ib3QifQ.c2lnbmF0dXJlc2lnbmF0dXJl"
-        logging.getLogger("processors.app").info("decided with %s", token, extra={"request_id": "r-1"})
+        logging.getLogger("processors.worker.app").info("decided with %s", token, extra={"request_id": "r-1"})
         record = json.loads(stream.getvalue().splitlines()[-1])
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert record["service"] == "worker" and record["request_id"] == "r-1"
-    assert record["logger"] == "processors.app" and token not in record["msg"]
+    assert record["logger"] == "processors.worker.app" and token not in record["msg"]

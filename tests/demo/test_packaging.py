@@ -1,8 +1,8 @@
 """The built wheel holds the whole program: every module and data file, and it runs from there.
 
 CI and the tests use an editable install, which imports straight from the source tree and so
-cannot notice a subpackage or a data file left out of the wheel (``processors.analysis`` and
-``processors.policy`` once were). This builds the wheel as ``pip wheel .`` does, installs it
+cannot notice a subpackage or a data file left out of the wheel (``processors.decision.analysis`` and
+``processors.decision.policy`` once were). This builds the wheel as ``pip wheel .`` does, installs it
 into a directory of its own, and runs it from outside the checkout.
 """
 
@@ -62,7 +62,7 @@ def test_wheel_holds_every_module_and_data_file(wheel: Path) -> None:
         if "__pycache__" not in p.parts
     }
     expected |= {p.relative_to(ROOT).as_posix() for g in DATA_GLOBS for p in ROOT.glob(g)}
-    assert "processors/analysis/__init__.py" in expected  # the subpackages are in the list
+    assert "processors/decision/analysis/__init__.py" in expected  # the subpackages are in the list
     missing = sorted(expected - names)
     assert not missing, f"{len(missing)} files missing from {wheel.name}, e.g. {missing[:8]}"
     assert any(n.startswith("schemas/_cavro.") and n.endswith(".so") for n in names), "no native codec"
@@ -106,7 +106,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel: Path, tmp_path: Path) 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert "processors.analysis" in modules and len(modules) > 50
+    assert "processors.decision.analysis" in modules and len(modules) > 50
     # the console script's code, run from the installed copy with its shipped policy and catalog
     claims = tmp_path / "claims.json"
     claims.write_text('{"sub": "ci-bot", "groups": ["ci"], "repository": "acme/app"}')

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from conftest import start_broker
 
 from infra import kafka
+from tests.conftest import start_broker
 
 
 def test_new_cluster_ids_never_start_with_a_dash() -> None:

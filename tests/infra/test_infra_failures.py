@@ -16,13 +16,19 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import TopicPartition as CTopicPartition
-from conftest import free_port, jar_cache, start_broker
 
 import infra.kafka
-from infra.clients import KafkaUnavailableError, make_consumer, make_producer, poll_messages, produce_sync
 from infra.kafka import BrokerDiedError, KafkaBroker, PortInUseError, ToolMissingError
 from infra.topics import create_topics
+from querytrail.kafka_clients import (
+    KafkaUnavailableError,
+    make_consumer,
+    make_producer,
+    poll_messages,
+    produce_sync,
+)
 from querytrail.settings import KafkaSettings
+from tests.conftest import free_port, jar_cache, start_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -15,13 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import TopicPartition as CTopicPartition
-from infra_events_sample import sample_event
 
-from infra.clients import make_consumer, make_producer, poll_messages, produce_sync
+from querytrail.kafka_clients import make_consumer, make_producer, poll_messages, produce_sync
 from querytrail.settings import KafkaSettings
 from schemas.codec import EventCodec, key_for
 from schemas.events import EVENT_CLASSES
 from schemas.topics import TOPICS
+from tests.infra.infra_events_sample import sample_event
 
 pytestmark = pytest.mark.integration
 

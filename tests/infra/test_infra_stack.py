@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, jar_cache
 
 from infra.stack import pid_alive
+from tests.conftest import free_port, jar_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ingress_oidc import IssuerServer
+
+from tests.ingress.ingress_oidc import IssuerServer
 
 
 @pytest.fixture

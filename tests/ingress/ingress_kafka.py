@@ -43,7 +43,7 @@ def read_topic(
     settings: Settings, suffix: str, count: int, timeout: float = 20.0
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of the first ``count`` records of ``<prefix>.<suffix>``, all partitions, from the start."""
-    from infra.producer import make_consumer
+    from querytrail.kafka_clients import make_consumer
 
     topic = f"{settings.kafka.topic_prefix}.{suffix}"
     consumer = make_consumer(settings.kafka, f"test-{time.monotonic_ns()}")
@@ -72,7 +72,7 @@ _PRODUCER = {"decisions": "worker", "results": "executor", "executions": "worker
 
 def publish(settings: Settings, suffix: str, *events: Any, signed: bool = True) -> None:
     """Produce ``events`` as the topic's own service would: signed with its key (querytrail.keys)."""
-    from infra.producer import make_producer, produce_sync
+    from querytrail.kafka_clients import make_producer, produce_sync
     from querytrail.keys import event_signer
     from schemas.codec import EventCodec, key_for
 

@@ -15,12 +15,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from ingress_kafka import publish, read_topic
 
 from ingress.client import ClientError, ci_context_from_env, fetch_github_actions_token
-from ingress.credentials import CredentialVerifier
-from ingress.sealing import ensure_keys, load_sealing_private_key, token_sha256, unseal_token
+from querytrail.credentials import CredentialVerifier
 from querytrail.keys import ensure_service_keys
+from querytrail.sealing import ensure_keys, load_sealing_private_key, token_sha256, unseal_token
 from querytrail.settings import Settings
 from schemas.codec import EventCodec
 from schemas.events import (
@@ -36,6 +35,7 @@ from schemas.events import (
     producer,
     utcnow,
 )
+from tests.ingress.ingress_kafka import publish, read_topic
 
 GITHUB_ENV = {
     "GITHUB_ACTIONS": "true",

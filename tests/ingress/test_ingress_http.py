@@ -11,14 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from ingress_kafka import free_port, publish, read_topic, serve, topic_bytes
-from ingress_oidc import Issuer, IssuerServer
 
-from ingress import devissuer
 from ingress.app import create_app
-from ingress.credentials import CredentialVerifier
-from ingress.identity import TokenVerifier
-from ingress.sealing import ensure_keys
+from querytrail import devissuer
+from querytrail.credentials import CredentialVerifier
+from querytrail.identity import TokenVerifier
+from querytrail.sealing import ensure_keys
 from querytrail.settings import IssuerSettings, Settings
 from schemas.codec import EventCodec
 from schemas.events import (
@@ -31,6 +29,8 @@ from schemas.events import (
     producer,
     utcnow,
 )
+from tests.ingress.ingress_kafka import free_port, publish, read_topic, serve, topic_bytes
+from tests.ingress.ingress_oidc import Issuer, IssuerServer
 
 pytestmark = pytest.mark.integration
 codec = EventCodec()
@@ -550,7 +550,7 @@ def test_refused_callers_do_not_evict_outcomes_from_the_index() -> None:
 
 
 def test_refusal_limiter_refills() -> None:
-    from ingress.app import RefusalLimiter
+    from ingress.http_auth import RefusalLimiter
 
     limiter = RefusalLimiter(per_minute=2)
     assert [limiter.allow("a", now=0.0) for _ in range(3)] == [True, True, False]

@@ -13,10 +13,10 @@ import uuid
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from ingress_oidc import Issuer, IssuerServer, SigningKey
 
-from ingress.identity import IdentityError, TokenVerifier
+from querytrail.identity import IdentityError, TokenVerifier
 from querytrail.settings import IssuerSettings
+from tests.ingress.ingress_oidc import Issuer, IssuerServer, SigningKey
 
 
 def _b64(data: bytes) -> str:

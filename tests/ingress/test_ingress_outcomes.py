@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ingress.commands import EXIT_COMPLETED, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, _report
 from ingress.outcomes import OutcomeIndex, RequestOutcome
+from querytrail.cli.ingress import EXIT_COMPLETED, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, _report
 from schemas.events import (
     ApprovalRequested,
     ApprovalResolved,

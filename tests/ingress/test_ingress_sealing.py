@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
 
-from ingress import devissuer
-from ingress.credentials import CredentialVerifier
-from ingress.identity import IdentityError, TokenVerifier
-from ingress.sealing import (
+from querytrail import devissuer
+from querytrail.credentials import CredentialVerifier
+from querytrail.identity import IdentityError, TokenVerifier
+from querytrail.sealing import (
     SealingError,
     ensure_keys,
     key_id,

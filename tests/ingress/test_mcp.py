@@ -18,17 +18,14 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from ingress_kafka import free_port, read_topic, serve
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, Implementation
 
 from querytrail.settings import McpSettings, Settings, SnowflakeProfile
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "pipeline"))  # the pipeline harness (plain module)
-
-from pipeline_harness import Pipeline, new_prefix
+from tests.ingress.ingress_kafka import free_port, read_topic, serve
+from tests.pipeline.pipeline_harness import Pipeline, new_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +40,7 @@ class Stack:
         self.mcp_url = f"{url}/mcp"
 
     def token(self, sub: str, *groups: str, ttl_s: int = 600, now: float | None = None) -> str:
-        from ingress.devissuer import mint_token
+        from querytrail.devissuer import mint_token
 
         return mint_token(self.settings, sub=sub, groups=groups, ttl_s=ttl_s, now=now)
 

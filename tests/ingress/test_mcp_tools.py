@@ -141,10 +141,10 @@ def test_token_command_runs_again_before_expiry(tmp_path: Path) -> None:
 def test_tool_calls_are_rate_limited_per_identity() -> None:
     import anyio
 
-    from ingress.app import RefusalLimiter
-    from ingress.identity import Identity
+    from ingress.http_auth import RefusalLimiter
     from ingress.mcp_server import _Tools
     from ingress.mcp_tools import Caller
+    from querytrail.identity import Identity
     from querytrail.settings import McpSettings
 
     class Backend:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import Pipeline, new_prefix
 
 from querytrail.settings import SnowflakeProfile
+from tests.pipeline.pipeline_harness import Pipeline, new_prefix
 
 
 def _make(tmp: Path, bootstrap: str, profile: SnowflakeProfile, **kw: Any) -> Pipeline:

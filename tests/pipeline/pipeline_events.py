@@ -6,10 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline_harness import Pipeline
-
-from processors.kafka_io import read_topic
+from querytrail.publishing import read_topic
 from schemas.codec import EventCodec
+from tests.pipeline.pipeline_harness import Pipeline
 
 CODEC = EventCodec()
 
@@ -37,7 +36,7 @@ def wait_for(
 
 
 def scalar(p: Pipeline, sql: str) -> Any:
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     conn = connect(p.settings.snowflake_profiles["analytics"], {})
     try:

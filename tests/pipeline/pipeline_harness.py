@@ -88,9 +88,9 @@ class Pipeline:
 
     def _prepare_keys(self) -> None:
         """Create every key before any process starts (no two processes race to create one)."""
-        from ingress import sealing
-        from ingress.devissuer import jwks_document
-        from processors.authz import load_or_create_signing_key
+        from processors.decision.authz import load_or_create_signing_key
+        from querytrail import sealing
+        from querytrail.devissuer import jwks_document
         from querytrail.keys import ensure_service_keys
 
         sealing.ensure_keys(self.settings)
@@ -165,7 +165,7 @@ class Pipeline:
     # -- client side -------------------------------------------------------------------------
 
     def token(self, sub: str, groups: tuple[str, ...] = (), **claims: Any) -> str:
-        from ingress.devissuer import mint_token
+        from querytrail.devissuer import mint_token
 
         return mint_token(self.settings, sub=sub, groups=groups, claims=claims, ttl_s=600)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pipeline_harness import Pipeline, new_prefix
 
 from querytrail.settings import SnowflakeProfile
+from tests.pipeline.pipeline_harness import Pipeline, new_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,12 +15,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_events import events, scalar
-from pipeline_harness import Pipeline, new_prefix
 
-from processors.executor import FAULT_SLEEP_ENV
+from processors.executor.runner import FAULT_SLEEP_ENV
 from querytrail.settings import SnowflakeProfile
 from schemas.events import ExecutionStarted
+from tests.pipeline.pipeline_events import events, scalar
+from tests.pipeline.pipeline_harness import Pipeline, new_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.reliability]
 
@@ -118,9 +118,9 @@ def test_request_committed_past_without_a_decision_is_still_decided(
     the restarted worker's reconciler must still decide (and run) it."""
     from confluent_kafka import TopicPartition
 
-    from infra.clients import make_consumer
     from infra.topics import create_topics
     from ingress.client import QueryClient
+    from querytrail.kafka_clients import make_consumer
     from schemas.events import ClientContext, Target
 
     prefix = new_prefix()
@@ -160,7 +160,7 @@ def test_request_committed_past_without_a_decision_is_still_decided(
 
 
 def _records(p: Pipeline, suffix: str) -> list:
-    from processors.kafka_io import read_topic
+    from querytrail.publishing import read_topic
 
     return list(read_topic(p.settings, suffix))
 
@@ -174,9 +174,9 @@ def test_reconciler_finds_an_old_request_its_group_never_committed_past(
     offset is at it, not past it; a younger one is left to the stream."""
     from confluent_kafka import TopicPartition
 
-    from infra.clients import make_consumer, make_producer
     from infra.topics import create_topics
-    from processors.reconcile import RequestScanner
+    from processors.worker.reconcile import RequestScanner
+    from querytrail.kafka_clients import make_consumer, make_producer
     from querytrail.settings import Settings
 
     prefix = new_prefix()

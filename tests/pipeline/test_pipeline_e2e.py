@@ -12,8 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_events import CODEC, events, scalar, wait_for
-from pipeline_harness import Pipeline
 
 from schemas.events import (
     ApprovalVerdictRecorded,
@@ -23,6 +21,8 @@ from schemas.events import (
     PolicyDecided,
     QueryRejected,
 )
+from tests.pipeline.pipeline_events import CODEC, events, scalar, wait_for
+from tests.pipeline.pipeline_harness import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def test_invalid_tokens_are_rejected_at_identity(pipeline: Pipeline) -> None:
     import jwt
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from ingress.devissuer import mint_token
+    from querytrail.devissuer import mint_token
 
     expired = mint_token(pipeline.settings, sub="ci-bot", groups=("ci",), ttl_s=60, now=time.time() - 3600)
     forged = jwt.encode(
@@ -171,7 +171,7 @@ def test_redelivered_authorisation_runs_once(pipeline: Pipeline) -> None:
     # Redeliver the identical record twice, and a tampered copy (a different statement).
     from dataclasses import replace
 
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
 
     publisher = Publisher(pipeline.settings, "test")
     tampered = replace(auth, event_id=str(uuid.uuid4()), statement=auth.statement.replace(marker, "evil"))
@@ -188,7 +188,7 @@ def test_redelivered_authorisation_runs_once(pipeline: Pipeline) -> None:
 
 def test_duplicate_request_is_decided_once_and_garbage_is_dead_lettered(pipeline: Pipeline) -> None:
     from ingress.client import QueryClient
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
     from schemas.events import ClientContext, Target
 
     client = QueryClient(pipeline.settings)
@@ -249,7 +249,7 @@ def test_one_denial_denies(pipeline: Pipeline) -> None:
 
 def test_huge_undecodable_records_are_dead_lettered_intact(pipeline: Pipeline) -> None:
     """2 MiB of garbage (within the topics' 8 MiB limit) on the worker's and the executor's input."""
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
 
     huge = b"\xc3\x01" + bytes(2 * 1024 * 1024)
     publisher = Publisher(pipeline.settings, "test")

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from pipeline_events import events
-from pipeline_harness import Pipeline, new_prefix
 
 from querytrail.settings import SnowflakeProfile
 from schemas.events import ExecutionAuthorized, PolicyDecided, QueryCompleted
+from tests.pipeline.pipeline_events import events
+from tests.pipeline.pipeline_harness import Pipeline, new_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def test_filtered_query_runs_with_synced_sizes_and_reports_its_cost(
     tmp_path: Path, kafka_bootstrap: str, fakesnow_profile: SnowflakeProfile
 ) -> None:
     from infra.topics import create_topics
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     prefix = new_prefix()
     create_topics(kafka_bootstrap, prefix)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from processors.catalog import Catalog
+from processors.decision.warehouse_catalog import Catalog
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CATALOG = Catalog.load(FIXTURES / "analysis_catalog.yaml")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from analysis_support import CATALOG, MASKS, GlobClassifier
 
-from processors.analysis import analyse, fingerprint
-from processors.masking import MaskingError, plan_masking, plan_read_masking
+from processors.decision.analysis import analyse, fingerprint
+from processors.decision.masking import MaskingError, plan_masking, plan_read_masking
+from tests.processors.analysis_support import CATALOG, MASKS, GlobClassifier
 
 CLASSIFIER = GlobClassifier()
 

@@ -1,7 +1,7 @@
 """Bounded analysis (issue 12, item 5): long statements are decided fast, oversized ones refused.
 
 The requirement: a statement of 5,000 AND (or OR) terms is decided, or refused with
-``analysis_budget_exceeded``, in under 1 s through ``processors.decide.evaluate``; and no shape
+``analysis_budget_exceeded``, in under 1 s through ``processors.decision.statement.evaluate``; and no shape
 of statement can make the analyser run unbounded.
 """
 
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import sqlglot
-from analysis_support import CATALOG, GlobClassifier
 
-from processors.analysis import analyse
-from processors.analysis.budget import (
+from processors.decision.analysis import analyse
+from processors.decision.analysis.budget import (
     MAX_NODES,
     MAX_SQL_CHARS,
     Budget,
@@ -25,9 +24,10 @@ from processors.analysis.budget import (
     measure,
     rebalance_connectors,
 )
-from processors.catalog import Catalog
-from processors.decide import Decision, evaluate
-from processors.policy import IdentityClaims, Policy, load_policy
+from processors.decision.policy import IdentityClaims, Policy, load_policy
+from processors.decision.statement import Decision, evaluate
+from processors.decision.warehouse_catalog import Catalog
+from tests.processors.analysis_support import CATALOG, GlobClassifier
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import sqlglot
-from analysis_support import (
+
+from processors.decision.analysis import analyse
+from processors.decision.masking import MaskingError, plan_masking
+from tests.processors.analysis_support import (
     CATALOG,
     FIXTURES,
     MASKS,
@@ -27,9 +30,6 @@ from analysis_support import (
     mask_kind_of,
     outermost_projections,
 )
-
-from processors.analysis import analyse
-from processors.masking import MaskingError, plan_masking
 
 KEYS = ("kind", "findings", "read", "written", "outputs", "predicates", "masks", "bytes", "session")
 _EXPECT = re.compile(r"^-- (" + "|".join(KEYS) + r"): ?(.*)$")

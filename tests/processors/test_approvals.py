@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors import approvals
-from processors.approvals import ApprovalState, decide, evolve, expire
-from processors.authz import Signer, make_authorization
+from processors.decision import approvals
+from processors.decision.approvals import ApprovalState, decide, evolve, expire
+from processors.decision.authz import Signer, make_authorization
 from schemas.events import (
     ApprovalRequested,
     ApprovalResolved,

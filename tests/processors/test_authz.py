@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors.authz import (
+from processors.decision.authz import (
     AuthzError,
     Signer,
     Verifier,

@@ -1,4 +1,4 @@
-"""The catalog file model: DESIGN.md format, Snowflake identifier normalisation, errors."""
+"""The catalog file model: the documented file format, Snowflake identifier normalisation, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.seed import CATALOG_PATH
-from processors.catalog import (
+from processors.decision.warehouse_catalog import (
     Catalog,
     CatalogError,
     ColumnInfo,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processors import catalog_sync
-from processors.catalog import Catalog
+from processors.decision.warehouse_catalog import Catalog
+from processors.executor import catalog_sync
 from querytrail.settings import Settings, SnowflakeProfile
 
 pytestmark = pytest.mark.integration
@@ -110,12 +110,11 @@ def test_a_failed_first_sync_is_retried_soon_not_at_the_next_refresh(
     import threading
     import time
 
-    from conftest import free_port
-
-    from processors.executor_service import _catalog_loop
-    from processors.kafka_io import Publisher, read_topic
+    from processors.executor.service import _catalog_loop
+    from querytrail.publishing import Publisher, read_topic
     from querytrail.settings import ExecutorSettings, KafkaSettings
     from schemas.codec import EventCodec
+    from tests.conftest import free_port
 
     unreachable = fakesnow_profile.model_copy(update={"port": free_port(), "login_timeout_s": 2})
     settings = Settings(

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from processors.catalog import Catalog
-from processors.decide import Decision, DecisionCache, evaluate
-from processors.policy import IdentityClaims, Policy, load_policy
+from processors.decision.policy import IdentityClaims, Policy, load_policy
+from processors.decision.statement import Decision, DecisionCache, evaluate
+from processors.decision.warehouse_catalog import Catalog
 from querytrail.settings import SnowflakeProfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ IDENTITIES: dict[str, dict[str, Any]] = {
     "analyst": {"sub": "alice", "iss": "https://idp.example.com", "groups": ["analyst"]},
     "anonymous": {},
 }
-# Analyser gaps found by this corpus (processors/analysis, owned by the analysis helper). The
+# Analyser gaps found by this corpus (processors/decision/analysis, owned by the analysis helper). The
 # decision is still asserted; the findings/masks mismatch is an expected failure until fixed,
 # and a case that starts to pass fails here so the entry gets removed.
 KNOWN_GAPS: dict[str, str] = {}

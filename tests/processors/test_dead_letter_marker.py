@@ -7,7 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.reconcile import dead_letter_marker
+from processors.worker.reconcile import dead_letter_marker
 
 
 @given(

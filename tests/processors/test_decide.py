@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import processors.decide as decide_mod
-from processors.catalog import Catalog
-from processors.decide import Decision, DecisionCache, decide_request, evaluate
-from processors.policy import IdentityClaims, Policy, load_policy, parse_policy
+import processors.decision.statement as decide_mod
+from processors.decision.policy import IdentityClaims, Policy, load_policy, parse_policy
+from processors.decision.statement import Decision, DecisionCache, decide_request, evaluate
+from processors.decision.warehouse_catalog import Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = Catalog.load(ROOT / "infra" / "catalog" / "demo.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra.seed import SEEDED_PII
-from processors.detectors import luhn_valid, mask_rows, mask_value, scan_value
+from processors.decision.detectors import luhn_valid, mask_rows, mask_value, scan_value
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors.authz import Signer, Verifier, make_authorization
-from processors.executor import Executor, recovery_event, run_statement
-from processors.ledger import Ledger
-from processors.results import paginate, result_sha256
+from processors.decision.authz import Signer, Verifier, make_authorization
+from processors.executor.ledger import Ledger
+from processors.executor.results import paginate, result_sha256
+from processors.executor.runner import Executor, recovery_event, run_statement
 from querytrail.settings import Settings, SnowflakeProfile
 from schemas.events import (
     ExecutionAuthorized,
@@ -178,7 +178,7 @@ def test_statement_past_its_timeout_fails_instead_of_hanging(
 ) -> None:
     """fakesnow honours neither STATEMENT_TIMEOUT_IN_SECONDS nor the connector's cancel, so
     the executor's own deadline (timeout + grace; the grace shortened here) must end the wait."""
-    import processors.executor as executor_module
+    import processors.executor.runner as executor_module
 
     monkeypatch.setattr(executor_module, "_TIMEOUT_GRACE_S", 0.5)
     settings = qt_settings()

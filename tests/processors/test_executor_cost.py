@@ -1,4 +1,4 @@
-"""The executor reads Snowflake's record of each statement (processors/executor_cost.py) and tags
+"""The executor reads Snowflake's record of each statement (processors/executor/cost.py) and tags
 it with a JSON QUERY_TAG (querytrail/query_tag.py); against the real local fakesnow server."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors.authz import Signer, Verifier, canonical_bytes, make_authorization
-from processors.executor import run_statement
-from processors.executor_cost import cost_alert, read_cost
+from processors.decision.authz import Signer, Verifier, canonical_bytes, make_authorization
+from processors.executor.cost import cost_alert, read_cost
+from processors.executor.runner import run_statement
 from querytrail.observability import COST_ALERTS
 from querytrail.query_tag import build_query_tag, executor_tag
 from querytrail.settings import Settings
@@ -98,7 +98,7 @@ def test_completed_carries_snowflakes_cost_and_alerts_on_a_big_miss(
     assert done.cost_alert and COST_ALERTS._value.get() == before + 1
 
     # the tag Snowflake recorded is the signed one and parses as JSON with the request's identity
-    from processors.executor import connect
+    from processors.executor.runner import connect
 
     conn: Any = connect(profile, {})
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.analysis import fingerprint, normalise_sql
+from processors.decision.analysis import fingerprint, normalise_sql
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from analysis_support import MASKS, GlobClassifier
 
 from infra.seed import CATALOG_PATH, SEEDED_PII, SEEDED_SECRETS
-from processors.analysis import analyse
-from processors.catalog import Catalog
-from processors.masking import plan_masking
+from processors.decision.analysis import analyse
+from processors.decision.masking import plan_masking
+from processors.decision.warehouse_catalog import Catalog
+from tests.processors.analysis_support import MASKS, GlobClassifier
 
 pytestmark = pytest.mark.integration
 

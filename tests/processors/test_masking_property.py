@@ -14,14 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlglot
-from analysis_support import MASKS, GlobClassifier, assert_reads_masked, mask_kind_of, outermost_projections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.seed import CATALOG_PATH
-from processors.analysis import analyse
-from processors.catalog import Catalog
-from processors.masking import plan_masking
+from processors.decision.analysis import analyse
+from processors.decision.masking import plan_masking
+from processors.decision.warehouse_catalog import Catalog
+from tests.processors.analysis_support import (
+    MASKS,
+    GlobClassifier,
+    assert_reads_masked,
+    mask_kind_of,
+    outermost_projections,
+)
 
 DEMO = Catalog.load(CATALOG_PATH)
 CLASSIFIER = GlobClassifier(DEMO)

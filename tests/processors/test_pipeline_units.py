@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from processors.executor_service import InOrderCommits, _Committer
+from processors.executor.service import InOrderCommits, _Committer
 from querytrail.escape import hidden, terminal
 from schemas.events import ApprovalRequested, VerifiedIdentity, new_event_id, producer, utcnow
 
@@ -50,7 +50,7 @@ def test_terminal_limit_never_cuts_an_escape() -> None:
 
 
 def _approval(statement: str, prompt: str) -> ApprovalRequested:
-    from processors.authz import statement_sha256
+    from processors.decision.authz import statement_sha256
 
     return ApprovalRequested(
         event_id=new_event_id(),
@@ -78,8 +78,8 @@ def test_approvals_show_prints_the_statement_exactly_and_escapes_controls(
 ) -> None:
     import argparse
 
-    from processors import pipeline_commands
-    from processors.approvals import evolve
+    from processors.decision.approvals import evolve
+    from querytrail.cli import pipeline as pipeline_commands
 
     statement = "SELECT a, b FROM t WHERE a < b AND c <> '&amp;'\nAND d = '\x1b[31mred' -- \u202eevil"
     event = _approval(statement, "rows where a < b")
@@ -161,7 +161,7 @@ class _SessionStandIn:
 
 
 def test_pooled_session_is_tagged_per_request_and_given_its_timeout_only_when_it_changes() -> None:
-    from processors.executor import ConnectionPool
+    from processors.executor.runner import ConnectionPool
     from querytrail.settings import SnowflakeProfile
 
     pool = ConnectionPool(SnowflakeProfile(), size=1)

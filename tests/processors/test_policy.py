@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.policy import (
+from processors.decision.policy import (
     KNOWN_MASKS,
     PolicyError,
     load_policy,

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.catalog import Catalog
-from processors.policy import (
+from processors.decision.policy import (
     ApprovalRequirement,
     ApprovalRule,
     Facts,
@@ -21,6 +20,7 @@ from processors.policy import (
     parse_policy,
     static_match,
 )
+from processors.decision.warehouse_catalog import Catalog
 
 POLICY = parse_policy(
     textwrap.dedent(
@@ -188,7 +188,7 @@ def test_identity_from_claims() -> None:
 
 @given(st.integers(0, 23), st.integers(0, 24))
 def test_hours_window_covers_exactly_its_length(start: int, end: int) -> None:
-    from processors.policy import parse_hours
+    from processors.decision.policy import parse_hours
 
     if start == end:
         with pytest.raises(ValueError):
@@ -202,7 +202,7 @@ def test_hours_window_covers_exactly_its_length(start: int, end: int) -> None:
 
 @given(st.text(alphabet="abcXYZ_.$ 1", min_size=1, max_size=20))
 def test_literal_globs_match_themselves_in_any_case(name: str) -> None:
-    from processors.policy import parse_glob
+    from processors.decision.policy import parse_glob
 
     glob = parse_glob(name) if name.strip() else None
     if glob is not None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.catalog import Catalog
-from processors.decide import DecisionCache, decide_request, evaluate
-from processors.policy import IdentityClaims, PolicyError, parse_policy
+from processors.decision.policy import IdentityClaims, PolicyError, parse_policy
+from processors.decision.statement import DecisionCache, decide_request, evaluate
+from processors.decision.warehouse_catalog import Catalog
 from schemas.events import Target
 
 ROOT = Path(__file__).resolve().parents[2]

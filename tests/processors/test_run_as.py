@@ -1,5 +1,5 @@
 """Rules choose the Snowflake role and warehouse (``run_as``); a caller may only pick among
-them (processors/run_as.py, applied by the worker and carried through approvals)."""
+them (processors/decision/run_as.py, applied by the worker and carried through approvals)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors import approvals
-from processors.authz import Signer
-from processors.catalog import Catalog, ColumnInfo, TableInfo
-from processors.policy import PolicyError, RunAs, parse_policy
-from processors.run_as import RunAsChoice, RunAsDenied, resolve_run_as
-from processors.worker import WorkerConfig, authorize_approved, decide_request
+from processors.decision import approvals
+from processors.decision.authz import Signer
+from processors.decision.policy import PolicyError, RunAs, parse_policy
+from processors.decision.requests import WorkerConfig, authorize_approved, decide_request
+from processors.decision.run_as import RunAsChoice, RunAsDenied, resolve_run_as
+from processors.decision.warehouse_catalog import Catalog, ColumnInfo, TableInfo
 from querytrail.settings import Settings
 from schemas.events import (
     ClientContext,
@@ -137,9 +137,9 @@ def test_an_approved_statement_runs_with_the_role_the_policy_chose() -> None:
 
 @pytest.mark.integration
 def test_the_emulator_records_the_rules_role(qt_settings: Callable[..., Settings]) -> None:
-    from processors.authz import Verifier
-    from processors.executor import Executor, connect
-    from processors.ledger import Ledger
+    from processors.decision.authz import Verifier
+    from processors.executor.ledger import Ledger
+    from processors.executor.runner import Executor, connect
 
     settings = qt_settings()
     _, auth = decide_request(request(), who("ci"), POLICY, CATALOG, utcnow(), CONFIG)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.detectors import luhn_valid
-from processors.scrub import MAX_ERROR_CHARS, error_summary, scrub_error
+from processors.decision.detectors import luhn_valid
+from processors.executor.scrub import MAX_ERROR_CHARS, error_summary, scrub_error
 
 # How Snowflake and the emulator (DuckDB behind fakesnow) put a value into an error.
 QUOTING = [

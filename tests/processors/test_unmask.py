@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.catalog import Catalog
-from processors.decide import evaluate
-from processors.policy import IdentityClaims, PolicyError, parse_policy
+from processors.decision.policy import IdentityClaims, PolicyError, parse_policy
+from processors.decision.statement import evaluate
+from processors.decision.warehouse_catalog import Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = Catalog.load(ROOT / "infra" / "catalog" / "demo.yaml")
@@ -99,7 +99,7 @@ def test_an_approval_releases_raw_only_when_its_rule_says_so() -> None:
 
 
 def test_decisions_for_different_identities_do_not_share_a_masking_plan() -> None:
-    from processors.decide import DecisionCache
+    from processors.decision.statement import DecisionCache
 
     cache = DecisionCache()
     a = cache.evaluate(SQL, who("support"), CATALOG, POLICY, NOON)

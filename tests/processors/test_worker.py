@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors.authz import Signer, Verifier, statement_sha256
-from processors.catalog import Catalog
-from processors.policy import load_policy
-from processors.worker import CredentialError, WorkerConfig, decide_request
+from processors.decision.authz import Signer, Verifier, statement_sha256
+from processors.decision.policy import load_policy
+from processors.decision.requests import CredentialError, WorkerConfig, decide_request
+from processors.decision.warehouse_catalog import Catalog
 from schemas.events import (
     ApprovalRequested,
     ClientContext,
@@ -110,9 +110,9 @@ def test_unparseable_and_multi_statement_fail_closed(sql: str) -> None:
 
 def test_combined_approval_rules_need_each_rules_own_approvers() -> None:
     """Two require_approval rules match: one approver from either group is not enough."""
-    from processors import approvals
-    from processors.policy import parse_policy
-    from processors.worker import approval_satisfied, authorize_approved
+    from processors.decision import approvals
+    from processors.decision.policy import parse_policy
+    from processors.decision.requests import approval_satisfied, authorize_approved
     from schemas.events import ApprovalVerdict, ExecutionAuthorized
 
     text = (ROOT / "tests" / "pipeline" / "policy.yaml").read_text()

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ingress import devissuer
-from ingress.identity import TokenVerifier
-from ingress.sealing import ensure_keys, key_id, load_attestation_private_key, sign_attestation
-from processors.worker import CredentialChecker, CredentialError
+from processors.decision.requests import CredentialError
+from processors.worker.credentials import CredentialChecker
+from querytrail import devissuer
+from querytrail.identity import TokenVerifier
+from querytrail.sealing import ensure_keys, key_id, load_attestation_private_key, sign_attestation
 from querytrail.settings import Settings
 from schemas.events import Credential
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# the pipeline helper's harness (tests/pipeline) and ours are plain modules, not packages
-for _dir in (Path(__file__).parent, Path(__file__).parents[1] / "pipeline"):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-from reliability_stack import REPORT_LINES, Stack, free_port, stacks  # noqa: E402
-
-from querytrail.settings import SnowflakeProfile  # noqa: E402
+from querytrail.settings import SnowflakeProfile
+from tests.reliability.reliability_stack import REPORT_LINES, Stack, free_port, stacks
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

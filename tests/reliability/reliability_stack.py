@@ -21,11 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline_harness import Pipeline
-
 from querytrail.settings import SnowflakeProfile
 from schemas.codec import DecodeError, EventCodec
 from schemas.topics import TOPICS
+from tests.pipeline.pipeline_harness import Pipeline
 
 __all__ = [
     "CODEC",
@@ -192,9 +191,8 @@ class Stack(Pipeline):
 @contextlib.contextmanager
 def stacks(base: Path, bootstrap: str, profile: SnowflakeProfile) -> Iterator[Callable[..., Stack]]:
     """A factory of Stacks on fresh topics under ``base``; every one is stopped on exit."""
-    from pipeline_harness import new_prefix
-
     from infra.topics import create_topics
+    from tests.pipeline.pipeline_harness import new_prefix
 
     made: list[Stack] = []
 
@@ -215,7 +213,7 @@ def stacks(base: Path, bootstrap: str, profile: SnowflakeProfile) -> Iterator[Ca
 
 def kafka_records(stack: Stack) -> dict[str, list[Any]]:
     """Every record of every querytrail topic of ``stack``: suffix -> confluent Messages."""
-    from processors.kafka_io import read_topic
+    from querytrail.publishing import read_topic
 
     return {suffix: list(read_topic(stack.settings, suffix, timeout=60)) for suffix in TOPICS}
 
@@ -233,7 +231,7 @@ def decoded(messages: list[Any]) -> list[Any]:
 
 def events(stack: Stack, suffix: str, request_id: str | None = None) -> list[Any]:
     """The events on one topic (garbage that other tests put there is skipped)."""
-    from processors.kafka_io import read_topic
+    from querytrail.publishing import read_topic
 
     out = decoded(list(read_topic(stack.settings, suffix, timeout=60)))
     return [e for e in out if request_id is None or e.request_id == request_id]

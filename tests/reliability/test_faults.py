@@ -15,10 +15,10 @@ import uuid
 from typing import Any
 
 import pytest
-from pipeline_events import events, wait_for
-from reliability_stack import Stack, free_port, kafka_records, wait_iceberg
 
 from schemas.events import ClientContext, PolicyDecided, QueryRequested, Target
+from tests.pipeline.pipeline_events import events, wait_for
+from tests.reliability.reliability_stack import Stack, free_port, kafka_records, wait_iceberg
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -28,7 +28,7 @@ READ = "SELECT ID, EMAIL FROM ANALYTICS.PUBLIC.CUSTOMERS WHERE ID = {}"
 def _send(stack: Stack, n: int, token: str) -> list[str]:
     """Produce ``n`` allowed reads through the Kafka client path; returns their request ids."""
     from ingress.client import QueryClient
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
 
     client, publisher, rids = QueryClient(stack.settings), Publisher(stack.settings, "faults"), []
     for i in range(n):

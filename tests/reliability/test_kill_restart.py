@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pipeline_events import scalar
-from reliability_stack import REPORT_LINES, Stack, decoded, kafka_records, wait_iceberg
 
 from schemas.events import ClientContext, ExecutionStarted, QueryRequested, Target
+from tests.pipeline.pipeline_events import scalar
+from tests.reliability.reliability_stack import REPORT_LINES, Stack, decoded, kafka_records, wait_iceberg
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -71,7 +71,7 @@ class Load:
 
     def _run(self) -> None:
         from ingress.client import QueryClient
-        from processors.kafka_io import Publisher, PublishError
+        from querytrail.publishing import Publisher, PublishError
 
         s = self.stack
         tokens = {
@@ -195,7 +195,7 @@ def test_sigkill_each_service_under_load_loses_and_duplicates_nothing(
     # no INSERT ran twice: one row per completed insert, at most one when the outcome is unknown
     rows = {}
     if load.markers:
-        from processors.executor import connect
+        from processors.executor.runner import connect
 
         conn = connect(stack.settings.snowflake_profiles["analytics"], {})
         try:

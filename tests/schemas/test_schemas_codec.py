@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemas_samples import approval_verdict, fastavro_body, query_rejected, query_requested, result_page
-from schemas_strategies import EVENT_STRATEGIES, SCHEMAS, any_event, other_zones
 
 from schemas import events
 from schemas.codec import (
@@ -24,6 +22,14 @@ from schemas.codec import (
     subject_for,
     to_json_dict,
 )
+from tests.schemas.schemas_samples import (
+    approval_verdict,
+    fastavro_body,
+    query_rejected,
+    query_requested,
+    result_page,
+)
+from tests.schemas.schemas_strategies import EVENT_STRATEGIES, SCHEMAS, any_event, other_zones
 
 CODEC = EventCodec()
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

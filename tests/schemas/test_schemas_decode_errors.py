@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemas_samples import result_page
-from schemas_strategies import any_event
 
 from schemas.codec import DecodeError, EventCodec, schema_versions
+from tests.schemas.schemas_samples import result_page
+from tests.schemas.schemas_strategies import any_event
 
 CODEC = EventCodec()
 REGISTRY_CODEC = EventCodec("mock://decode-errors")

@@ -11,11 +11,11 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 from hypothesis import given, settings
-from schemas_samples import query_requested
-from schemas_strategies import EVENT_STRATEGIES
 
 from schemas import events
 from schemas.codec import AVSC_DIR, EventCodec, crc64_avro, schema_versions, subject_for
+from tests.schemas.schemas_samples import query_requested
+from tests.schemas.schemas_strategies import EVENT_STRATEGIES
 
 CODEC = EventCodec()
 VERSIONS = {(v.name, v.version): v for v in schema_versions()}

@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemas_samples import approval_verdict, fastavro_body, query_rejected, result_page
-from schemas_strategies import EVENT_STRATEGIES, SCHEMAS, other_zones
 
 from schemas import _avro, events
 from schemas._avro import CodecFunctions, CorruptBody, compile_native, compile_record, encode_long
 from schemas.codec import _CLASSES, DecodeError, EncodeError, EventCodec, schema_versions
+from tests.schemas.schemas_samples import approval_verdict, fastavro_body, query_rejected, result_page
+from tests.schemas.schemas_strategies import EVENT_STRATEGIES, SCHEMAS, other_zones
 
 ROOT = Path(__file__).resolve().parents[2]
 PROPS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,20 +6,13 @@ other tests sent, and the pipeline is started once on a 2-core CI machine.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-# the pipeline helper's harness and the reliability stack are plain modules, not packages
-for _dir in (Path(__file__).parents[1] / "reliability", Path(__file__).parents[1] / "pipeline"):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-from reliability_stack import Stack, stacks  # noqa: E402
-
-from querytrail.settings import SnowflakeProfile  # noqa: E402
+from querytrail.settings import SnowflakeProfile
+from tests.reliability.reliability_stack import Stack, stacks
 
 
 @pytest.fixture(scope="package")  # stopped when the package's tests are done

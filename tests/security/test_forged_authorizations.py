@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pipeline_events import scalar
-from reliability_stack import Stack, events, iceberg_rows, wait_for
 
-from processors.authz import Signer, statement_sha256
+from processors.decision.authz import Signer, statement_sha256
 from schemas.events import ExecutionAuthorized, ExecutionStarted, QueryRejected, new_event_id, utcnow
+from tests.pipeline.pipeline_events import scalar
+from tests.reliability.reliability_stack import Stack, events, iceberg_rows, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +63,7 @@ def _forge(auth: ExecutionAuthorized, marker: str, **changes: Any) -> ExecutionA
 
 
 def _publish(stack: Stack, *auths: ExecutionAuthorized) -> None:
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
 
     Publisher(stack.settings, "attacker").publish(list(auths))
 

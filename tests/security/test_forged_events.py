@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from reliability_stack import Stack, events, iceberg_rows, stacks, wait_for
 
-from infra.clients import make_producer, produce_sync
+from querytrail.kafka_clients import make_producer, produce_sync
 from querytrail.keys import EventSigner
 from querytrail.settings import SnowflakeProfile
 from schemas.codec import EventCodec, key_for
@@ -41,6 +40,7 @@ from schemas.events import (
     producer,
     utcnow,
 )
+from tests.reliability.reliability_stack import Stack, events, iceberg_rows, stacks, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -157,7 +157,7 @@ def test_fake_approval_request_is_not_shown_to_approvers(forged_stack: Stack, at
 
 def test_approvals_show_refuses_a_statement_its_hash_does_not_name(forged_stack: Stack) -> None:
     """Even signed (a worker bug, or a stolen key), a mismatched hash is never displayed."""
-    from processors.kafka_io import Publisher
+    from querytrail.publishing import Publisher
 
     s = forged_stack
     rid = _post(s, s.token("ci-bot", ("ci",)), PRIVILEGED)

@@ -15,11 +15,11 @@ import pytest
 from confluent_kafka import Producer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reliability_stack import CODEC, Stack, events, iceberg_rows
 
 from schemas.codec import DecodeError
 from schemas.events import DeadLetter, QueryRequested
 from schemas.topics import TOPICS, topic_names
+from tests.reliability.reliability_stack import CODEC, Stack, events, iceberg_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

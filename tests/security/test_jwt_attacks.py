@@ -23,9 +23,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from reliability_stack import Stack, wait_for
 
 from schemas.events import ClientContext, QueryRejected, Target
+from tests.reliability.reliability_stack import Stack, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def _compact(header: dict[str, Any], payload: dict[str, Any], sign: Any = None) 
 
 def attack_tokens(stack: Stack, attacker_url: str) -> dict[str, tuple[str, set[str]]]:
     """name -> (token, accepted refusal codes)."""
-    from ingress.devissuer import jwks_document
+    from querytrail.devissuer import jwks_document
 
     settings = stack.settings
     pem = (settings.keys_dir / "dev-issuer-eddsa.pem").read_bytes()
@@ -144,7 +144,7 @@ def attacker(stack: Stack) -> Iterator[_AttackerServer]:
 
 
 def _sha(token: str) -> str:
-    from ingress.sealing import token_sha256
+    from querytrail.sealing import token_sha256
 
     return token_sha256(token)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from reliability_stack import SERVICES, Stack, events, kafka_records, wait_for, wait_iceberg
 
 from infra.seed import SEEDED_PII, SEEDED_SECRETS
 from schemas.events import ClientContext, Target
+from tests.reliability.reliability_stack import SERVICES, Stack, events, kafka_records, wait_for, wait_iceberg
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ TERMINAL = ("QueryCompleted", "QueryFailed", "QueryRejected")
 def _run_story(stack: Stack) -> dict[str, str]:
     """Play the story; returns request id -> the terminal event type it must reach."""
     from ingress.client import QueryClient
-    from ingress.devissuer import mint_token
+    from querytrail.devissuer import mint_token
 
     ci = stack.token("ci-bot", ("ci",), repository="acme/etl")
     writer = stack.token("writer", ("scratch-writer",))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from reliability_stack import Stack, events
 
 from schemas.events import ClientContext, PolicyDecided, Target
+from tests.reliability.reliability_stack import Stack, events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

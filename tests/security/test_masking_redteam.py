@@ -6,7 +6,7 @@ through string functions, casts that may fail, aggregates, conditionals (includi
 flow that rebuilds a value one character at a time from CASE branches), predicates, joins on
 classified columns, GROUP BY/HAVING, windows, QUALIFY, set operations, CTEs and subqueries,
 LATERAL FLATTEN, and Snowflake-only clauses (CONNECT BY, MATCH_RECOGNIZE, PIVOT, ASOF JOIN).
-Each statement is decided by ``processors.decide.evaluate`` under infra/policies/example.yaml
+Each statement is decided by ``processors.decision.statement.evaluate`` under infra/policies/example.yaml
 for a CI identity of acme (groups ci and analyst). Every statement that may run (allow or
 require_approval: an approver would release exactly its ``rewritten_sql``) is executed on the
 seeded fakesnow endpoint, and the property is:
@@ -73,9 +73,9 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from infra.seed import TABLES, demo_rows
-from processors.catalog import Catalog
-from processors.decide import Decision, evaluate
-from processors.policy import IdentityClaims, Policy, load_policy
+from processors.decision.policy import IdentityClaims, Policy, load_policy
+from processors.decision.statement import Decision, evaluate
+from processors.decision.warehouse_catalog import Catalog
 
 pytestmark = pytest.mark.integration
 

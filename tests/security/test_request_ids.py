@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from reliability_stack import Stack, events, wait_for
 
 from schemas.events import DeadLetter, ExecutionAuthorized, PolicyDecided
+from tests.reliability.reliability_stack import Stack, events, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,8 +68,8 @@ def test_another_identity_cannot_take_a_decided_request_id(stack: Stack) -> None
 def test_a_denied_request_replayed_after_the_dedupe_window_is_refused(
     make_stack: Callable[..., Stack],
 ) -> None:
-    from infra.clients import make_producer, produce_sync
-    from processors.kafka_io import read_topic
+    from querytrail.kafka_clients import make_producer, produce_sync
+    from querytrail.publishing import read_topic
     from schemas.codec import EventCodec
 
     stack = make_stack(extra={"worker": {"resolved_retention_s": 1.0}})

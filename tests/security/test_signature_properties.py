@@ -17,16 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingress.sealing import (
-    AttestationExpired,
-    SealingError,
-    attestation_times,
-    seal_token,
-    sign_attestation,
-    unseal_token,
-    verdict_binding,
-    verify_attestation,
-)
 from querytrail.keys import (
     KID_HEADER,
     SERVICE_KEYS,
@@ -38,6 +28,16 @@ from querytrail.keys import (
     ensure_service_keys,
     event_signer,
     event_verifier,
+)
+from querytrail.sealing import (
+    AttestationExpired,
+    SealingError,
+    attestation_times,
+    seal_token,
+    sign_attestation,
+    unseal_token,
+    verdict_binding,
+    verify_attestation,
 )
 from querytrail.settings import Settings
 from schemas.codec import EventCodec

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from querytrail.cli import audit as commands
 from querytrail.settings import get_settings
-from sinks import commands
 
 from .helpers import local_settings, make_sink, write_events
 from .scenario import scenario

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from processors.kafka_io import read_topic
+from querytrail.publishing import read_topic
 from schemas.events import DeadLetter
 from sinks.chain import tp_key
 from sinks.deadletters import SinkDeadLetters

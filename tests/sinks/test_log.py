@@ -138,7 +138,7 @@ def test_payload_json_is_to_json_dict_without_the_sealed_token() -> None:
     from dataclasses import replace
 
     from schemas.codec import to_json_dict
-    from sinks.schema import payload_json
+    from sinks.audit_schema import payload_json
 
     events = scenario()
     attested = replace(  # the HTTP ingress path: verified claims, no sealed token

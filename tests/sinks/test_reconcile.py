@@ -1,5 +1,5 @@
 """``querytrail reconcile`` against the real local fakesnow's query history (sinks/reconcile.py,
-querytrail/reconcile_cli.py): direct use of querytrail's credentials, a changed statement, an
+querytrail/cli/reconcile.py): direct use of querytrail's credentials, a changed statement, an
 agent going around querytrail and an execution Snowflake never saw are found; authorised traffic
 is not; a rerun reports nothing twice."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from processors.authz import Signer, Verifier, make_authorization
+from processors.decision.authz import Signer, Verifier, make_authorization
 from querytrail.settings import Settings
 from schemas.events import ExecutionStarted, QueryCompleted, Target, VerifiedIdentity, utcnow
+from sinks.audit_schema import derive
 from sinks.reconcile import ReconcileState, audit_index, find_bypasses, plan_window
-from sinks.schema import derive
 
 SIGNER = Signer(Ed25519PrivateKey.generate())
 WHO = VerifiedIdentity(
@@ -83,9 +83,9 @@ def test_housekeeping_is_not_a_finding() -> None:
 
 @pytest.mark.integration
 def test_reconcile_finds_bypasses_and_reports_each_once(qt_settings: Callable[..., Settings]) -> None:
-    from processors.executor import Executor
-    from processors.ledger import Ledger
-    from querytrail.reconcile_cli import run_once
+    from processors.executor.ledger import Ledger
+    from processors.executor.runner import Executor
+    from querytrail.cli.reconcile import run_once
 
     settings = qt_settings(
         reconcile={"latency_s": 120, "settle_s": 0, "lookback_s": 900, "agent_users": ["AGENT_BOT"]}

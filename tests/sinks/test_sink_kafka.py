@@ -194,7 +194,7 @@ def test_garbage_on_topics_only_the_sink_reads_is_dead_lettered_once_after_it_is
     """No processor reads decisions/results/actions/catalog, so the sink dead-letters what is
     unusable there, after its Undecodable row is in the table; a restart sends nothing again.
     A catalog tombstone is not garbage, and garbage on the deadletter topic is only recorded."""
-    from processors.kafka_io import read_topic
+    from querytrail.publishing import read_topic
     from schemas.events import DeadLetter, QueryRequested
 
     from .helpers import CODEC

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from querytrail.settings import Settings
+from sinks.audit_schema import ARROW_SCHEMA
 from sinks.chain import chain_step
-from sinks.schema import ARROW_SCHEMA
 from sinks.table import open_table
 
 from .helpers import local_settings, make_sink, verify, write_events
@@ -146,7 +146,7 @@ def test_forged_row_inserted_in_the_middle_is_named(settings: Settings) -> None:
 def test_forged_row_appended_after_the_head_is_named(settings: Settings) -> None:
     tbl = open_table(settings)
     last = [r for r in _sorted_rows(settings) if r["partition"] == 0][-1]
-    from sinks.schema import derive
+    from sinks.audit_schema import derive
 
     from .helpers import CODEC
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas import events as ev
-from sinks.schema import derive
+from sinks.audit_schema import derive
 from tests.sinks.scenario import ALICE, request
 
 ROOT = Path(__file__).resolve().parents[2]
