@@ -9,7 +9,7 @@ PACKAGES := querytrail schemas ingress processors sinks infra
 LINT_PATHS := $(PACKAGES) tests bench  # code only: ruff would also reformat python blocks in docs/*.md
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format up down status smoke demo bench constraints clean
+.PHONY: help install test lint format up down status smoke demo bench constraints clean reports-sql
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ demo: $(STAMP) ## start the local stack if needed (with the demo's settings) and
 
 bench: $(STAMP) ## codec benchmark: Avro encode+decode next to json
 	$(PY) bench/codec.py
+
+reports-sql: $(STAMP) ## regenerate infra/sql/{spark,trino}/ from the DuckDB report source (infra/sql/duckdb/)
+	$(PY) -m sinks.report_sql --write
 
 constraints: ## refresh constraints.txt from the current venv (after a dependency change passed the tests)
 	{ echo '# pip freeze of the venv the tests passed in (minus querytrail itself); refresh with `make constraints`.'; \

@@ -1,7 +1,7 @@
 """``querytrail query`` and ``querytrail report``: DuckDB over a pyiceberg scan of the audit log.
 
-The report SQL lives in ``infra/sql/{duckdb,spark,trino}/<report>.sql`` so auditors run the same
-questions on Spark and Trino; placeholders ``{{since}}``, ``{{until}}`` and
+The report SQL is written once in ``infra/sql/duckdb/<report>.sql``; ``sinks.report_sql`` generates
+``infra/sql/{spark,trino}/`` from it so auditors run the same questions on Spark and Trino; placeholders ``{{since}}``, ``{{until}}`` and
 ``{{bytes_threshold}}`` are rendered here as literals of each engine's dialect.
 """
 

@@ -10,12 +10,12 @@ WITH dec AS (
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
     FROM audit_events
     WHERE event_type = 'PolicyDecided'
-      AND occurred_at >= {{since}} AND occurred_at < {{until}}) WHERE rn = 1
+      AND occurred_at >= {{since}} AND occurred_at < {{until}}) t WHERE rn = 1
 ), req AS (
   SELECT * FROM (
     SELECT request_id, prompt, model, repository, run_id,
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
-    FROM audit_events WHERE event_type = 'QueryRequested') WHERE rn = 1
+    FROM audit_events WHERE event_type = 'QueryRequested') t WHERE rn = 1
 ), done AS (
   SELECT request_id, max(bytes_scanned) AS bytes_scanned, max(rows_returned) AS rows_returned
   FROM audit_events WHERE event_type = 'QueryCompleted' GROUP BY request_id

@@ -12,24 +12,24 @@ WITH done AS (
            classifications_touched,
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
     FROM audit_events WHERE event_type = 'QueryCompleted'
-      AND occurred_at >= {{since}} AND occurred_at < {{until}}) WHERE rn = 1
+      AND occurred_at >= {{since}} AND occurred_at < {{until}}) t WHERE rn = 1
 ), dec AS (
   SELECT * FROM (
     SELECT request_id, subject, issuer, tables, sql_text, classifications_touched AS policy_classifications,
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
-    FROM audit_events WHERE event_type = 'PolicyDecided') WHERE rn = 1
+    FROM audit_events WHERE event_type = 'PolicyDecided') t WHERE rn = 1
 ), req AS (
   SELECT * FROM (
     SELECT request_id, prompt, model,
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
-    FROM audit_events WHERE event_type = 'QueryRequested') WHERE rn = 1
+    FROM audit_events WHERE event_type = 'QueryRequested') t WHERE rn = 1
 )
 SELECT d.request_id,
        d.occurred_at AS completed_at,
        dec.subject,
        dec.issuer,
-       CASE WHEN coalesce(len(d.unmasked_classified), 0) > 0 THEN 'unmasked'
-            WHEN coalesce(len(d.detector_hits), 0) > 0 THEN 'caught_by_detector'
+       CASE WHEN coalesce(array_length(d.unmasked_classified), 0) > 0 THEN 'unmasked'
+            WHEN coalesce(array_length(d.detector_hits), 0) > 0 THEN 'caught_by_detector'
             ELSE 'masked' END AS exposure,
        d.unmasked_classified,
        d.masked_columns,
@@ -42,8 +42,8 @@ SELECT d.request_id,
 FROM done d
 LEFT JOIN dec ON dec.request_id = d.request_id
 LEFT JOIN req ON req.request_id = d.request_id
-WHERE coalesce(len(d.unmasked_classified), 0) > 0
-   OR coalesce(len(d.detector_hits), 0) > 0
-   OR coalesce(len(d.masked_columns), 0) > 0
-   OR coalesce(len(d.classifications_touched), 0) > 0
+WHERE coalesce(array_length(d.unmasked_classified), 0) > 0
+   OR coalesce(array_length(d.detector_hits), 0) > 0
+   OR coalesce(array_length(d.masked_columns), 0) > 0
+   OR coalesce(array_length(d.classifications_touched), 0) > 0
 ORDER BY d.occurred_at, d.request_id

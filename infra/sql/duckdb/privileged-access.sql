@@ -10,7 +10,7 @@ WITH dec AS (
            row_number() OVER (PARTITION BY request_id ORDER BY occurred_at, "offset") AS rn
     FROM audit_events
     WHERE event_type = 'PolicyDecided'
-      AND (list_contains(tags, 'privileged') OR list_contains(findings, 'privileged_table'))) WHERE rn = 1
+      AND (list_contains(tags, 'privileged') OR list_contains(findings, 'privileged_table'))) t WHERE rn = 1
 ), started AS (
   SELECT request_id, min(occurred_at) AS started_at FROM audit_events
   WHERE event_type = 'ExecutionStarted' GROUP BY request_id
