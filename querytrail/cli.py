@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingress.commands",  # token, submit, ingress, mcp
     "processors.commands",  # policy check/lint, worker, executor, approvals, approve, deny
     "sinks.commands",  # sink, verify, replay, query, report, compact
+    "sinks.audit_commands",  # audit expire, audit rotate-key
     "querytrail.demo",  # demo
     "querytrail.reconcile_cli",  # reconcile (history vs the audit log)
 )

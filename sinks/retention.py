@@ -171,13 +171,16 @@ def check(tbl: Any, verifier: Verifier, uuid: str) -> RetentionCheck:
         return out
     parent = oldest.parent_snapshot_id
     raw = tbl.metadata.properties.get(ANCHOR_PROPERTY)
+    # Iceberg clears the parent id of a snapshot whose parent was removed, but never reuses a
+    # sequence number: a lineage that does not start at 1 lost its oldest snapshots
+    seq = int(oldest.sequence_number or 0)
     if raw is None:
-        if parent is not None:
+        if parent is not None or seq > 1:
             out.problems.append(
                 (
                     "expired",
-                    f"snapshot {parent}",
-                    f"the ancestors of snapshot {oldest.snapshot_id} (from snapshot {parent} back) are gone "
+                    f"snapshot {oldest.snapshot_id}",
+                    f"the snapshots before snapshot {oldest.snapshot_id} (sequence number {seq}) are gone "
                     "and no signed retention anchor records their expiry: history was removed",
                 )
             )
@@ -213,12 +216,12 @@ def check(tbl: Any, verifier: Verifier, uuid: str) -> RetentionCheck:
         return out
     kept = tbl.metadata.snapshot_by_id(kept_id)
     if kept is None:
-        if int(oldest.sequence_number or 0) > kept_seq:
+        if seq > kept_seq:
             out.problems.append(
                 (
                     "expired",
                     f"snapshot {kept_id}",
-                    f"snapshots from the anchor's oldest kept snapshot {kept_id} up to {parent} are gone: "
+                    f"snapshots from the anchor's oldest kept snapshot {kept_id} up to sequence number {seq} are gone: "
                     "expired without a signed anchor",
                 )
             )
@@ -227,7 +230,7 @@ def check(tbl: Any, verifier: Verifier, uuid: str) -> RetentionCheck:
                 ("anchor", where, f"names snapshot {kept_id} as the oldest kept, which is not in the table")
             )
         return out
-    if oldest.snapshot_id == kept_id and parent != expired.get("parent_snapshot_id"):
+    if oldest.snapshot_id == kept_id and parent not in (None, expired.get("parent_snapshot_id")):
         out.problems.append(
             ("anchor", where, f"snapshot {kept_id}'s parent is not the one the anchor expired")
         )
