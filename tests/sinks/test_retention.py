@@ -98,6 +98,7 @@ def test_deleting_rows_after_expiry_fails(settings: Settings) -> None:
     _expire(settings)
     tbl = open_table(settings)
     summary = tbl.current_snapshot().summary  # type: ignore[union-attr]
+    assert summary is not None
     props = {k: v for k, v in summary.additional_properties.items() if k.startswith("querytrail.")}
     rows = sorted(tbl.scan().to_arrow().to_pylist(), key=lambda r: (r["topic"], r["partition"], r["offset"]))
     del rows[3]
@@ -191,6 +192,7 @@ def test_streaming_verify_equals_in_memory_verify_on_tampered_rows(settings: Set
     """The streaming path (verify_table) and the in-memory one (verify_rows) name the same row problems."""
     tbl = open_table(settings)
     summary = tbl.current_snapshot().summary  # type: ignore[union-attr]
+    assert summary is not None
     props = {k: v for k, v in summary.additional_properties.items() if k.startswith("querytrail.")}
     rows = sorted(tbl.scan().to_arrow().to_pylist(), key=lambda r: (r["topic"], r["partition"], r["offset"]))
     rows[2], rows[3] = rows[3], rows[2]  # reorder
