@@ -133,9 +133,10 @@ def sorted_facts(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         try:
             facts_stream = pa.RecordBatchReader.from_batches(FACTS_SCHEMA, iter(batches))
             con.register("facts_stream", facts_stream)
-            result = con.sql(
-                'SELECT * FROM facts_stream ORDER BY topic, "partition", "offset", seq'
-            ).to_arrow_reader(_BATCH_ROWS)
+            rel = con.sql('SELECT * FROM facts_stream ORDER BY topic, "partition", "offset", seq')
+            # duckdb 2 names it to_arrow_reader; 1.x (pyproject allows >= 1.2) fetch_arrow_reader
+            reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
+            result = reader(_BATCH_ROWS)
             for batch in result:
                 yield batch.cast(FACTS_SCHEMA)
         finally:
