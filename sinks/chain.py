@@ -104,27 +104,52 @@ class Signer:
 
 
 class Verifier:
-    """Checks signed heads with the sink's public key."""
+    """Checks signed heads with the sink's public key, and with older keys kept after a rotation.
+
+    ``add`` trusts another key (sinks/keyring.py adds those a signed handover links to this
+    one). With a ``kid`` a signature is checked with that key only; ``used`` collects the key
+    ids that verified something.
+    """
 
     def __init__(self, public: Ed25519PublicKey) -> None:
         self._public = public
         self.key_id = key_id(public)
+        self._keys: dict[str, Ed25519PublicKey] = {self.key_id: public}
+        self.used: set[str] = set()
 
-    def check(self, table_uuid: str, tp: str, head: Head) -> bool:
-        try:
-            self._public.verify(
-                base64.b64decode(head.sig), head_message(table_uuid, tp, head.offset, head.hash)
-            )
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+    def add(self, public: Ed25519PublicKey) -> str:
+        kid = key_id(public)
+        self._keys[kid] = public
+        return kid
 
-    def check_bytes(self, message: bytes, sig: str) -> bool:
+    def knows(self, kid: str) -> bool:
+        return kid in self._keys
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def check(self, table_uuid: str, tp: str, head: Head, kid: str | None = None) -> bool:
+        return self.check_bytes(head_message(table_uuid, tp, head.offset, head.hash), head.sig, kid)
+
+    def check_bytes(self, message: bytes, sig: str, kid: str | None = None) -> bool:
+        """True when ``sig`` is a signature over ``message`` by key ``kid`` (None: any kept key)."""
+        if kid is not None:
+            candidates = [(kid, self._keys[kid])] if kid in self._keys else []
+        else:
+            candidates = sorted(self._keys.items(), key=lambda kv: kv[0] != self.key_id)
         try:
-            self._public.verify(base64.b64decode(sig), message)
-        except (InvalidSignature, ValueError):
+            raw = base64.b64decode(sig)
+        except ValueError:
             return False
-        return True
+        for name, public in candidates:
+            try:
+                public.verify(raw, message)
+            except (InvalidSignature, ValueError):
+                continue
+            self.used.add(name)
+            return True
+        return False
 
 
 def ensure_keypair(private_path: Path, public_path: Path) -> None:

@@ -12,10 +12,11 @@ topic). Problems name the row, the snapshot, the witness line or the unreadable 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ import pyarrow as pa
 
 from sinks.audit_schema import DERIVED_COLUMNS, derive, row_fields
 from sinks.chain import GENESIS, Head, Verifier, chain_step
+from sinks.verify_scan import (
+    FACTS_SCHEMA,
+    Fact,
+    facts,
+    first_offsets_since,
+    iter_facts,
+    scan_batches,
+    sorted_facts,
+)
 from sinks.witness import WitnessLine, check_lines, read_lines
 
 __all__ = ["Problem", "VerifyReport", "verify_rows", "verify_table"]
@@ -30,8 +40,8 @@ __all__ = ["Problem", "VerifyReport", "verify_rows", "verify_table"]
 
 @dataclass(frozen=True)
 class Problem:
-    # changed | removed | inserted | reordered | unsigned | signature | rollback | expired | witness
-    # | unreadable
+    # changed | removed | inserted | reordered | unsigned | signature | unknown_key | rollback
+    # | expired | anchor | witness | unreadable
     kind: str
     where: str  # topic:partition@offset, or snapshot id
     message: str
@@ -48,8 +58,12 @@ class VerifyReport:
     witness_entries: int = 0
     witness_published: int | None = None  # lines of this table on the witness topic (None: not read)
     problems: list[Problem] = field(default_factory=list)
-    # recomputed chain hash per "topic:partition" -> {offset: hex}
+    # recomputed chain hash per "topic:partition" -> {offset: hex}: every offset (verify_rows),
+    # or the offsets a signed head names (verify_table, which streams)
     chains: dict[str, dict[int, str]] = field(default_factory=dict)
+    extents: dict[str, tuple[int, int]] = field(default_factory=dict)  # first and last offset checked
+    beyond: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows past the current head, first
+    notes: list[str] = field(default_factory=list)  # retention and keys: what passed and why
 
     @property
     def ok(self) -> bool:
@@ -64,6 +78,7 @@ class VerifyReport:
             "witness_entries": self.witness_entries,
             "witness_published": self.witness_published,
             "first_problem": str(self.problems[0]) if self.problems else None,
+            "notes": list(self.notes),
             "problems": [p.__dict__ for p in self.problems],
         }
 
@@ -95,100 +110,165 @@ def _rederive(row: dict[str, Any], decode: Callable[[bytes], Any]) -> str | None
     return None
 
 
+class _Recorder:
+    """The recomputed chain of one topic-partition, kept as far as verify needs it.
+
+    ``wanted`` None keeps every offset's hash (``verify_rows``); otherwise only the offsets some
+    signed head names, plus the first and last offset and the rows past ``top`` (the current
+    head's offset; None: no head), so memory grows with partitions and heads, not rows.
+    """
+
+    def __init__(self, report: VerifyReport, tp: str, wanted: set[int] | None, top: int | None) -> None:
+        self.chain: dict[int, str] = {}
+        report.chains[tp] = self.chain
+        self.report, self.tp, self.wanted, self.top = report, tp, wanted, top
+        self.beyond: set[int] = set()
+
+    def __call__(self, offset: int, hexhash: str) -> None:
+        if self.wanted is None or offset in self.wanted:
+            self.chain[offset] = hexhash
+        ext = self.report.extents.get(self.tp)
+        self.report.extents[self.tp] = (
+            (offset, offset) if ext is None else (min(ext[0], offset), max(ext[1], offset))
+        )
+        if self.top is None or offset > self.top:
+            self.beyond.add(offset)
+
+    def close(self) -> None:
+        if self.beyond:
+            self.report.beyond[self.tp] = (len(self.beyond), min(self.beyond))
+
+
 def _verify_partition(
     tp: str,
-    rows: list[dict[str, Any]],
+    rows: Iterator[Fact],
     report: VerifyReport,
-    decode: Callable[[bytes], Any] | None,
     anchored: bool,
+    record: _Recorder,
 ) -> None:
-    chain: dict[int, str] = {}
-    report.chains[tp] = chain
+    """One chain, in offset order, looking one row ahead (swaps and slipped-in rows)."""
     prev, prev_prev = GENESIS, GENESIS
-    if not anchored and rows:  # --since: trust the first row's stored hash as the anchor
-        prev = bytes.fromhex(rows[0]["chain_hash"])
-        chain[rows[0]["offset"]] = rows[0]["chain_hash"]
-        rows = rows[1:]
+    row = next(rows, None)
+    if not anchored and row is not None:  # --since: trust the first row's stored hash as the anchor
+        prev = row.stored
+        record(row.offset, row.stored_hex)
+        row = next(rows, None)
+    nxt = next(rows, None)
     last_offset: int | None = None
-    i, n = 0, len(rows)
-    while i < n:
-        row = rows[i]
-        where = _name(tp, row)
-        if last_offset is not None and row["offset"] == last_offset:
+    while row is not None:
+        where = f"{tp}@{row.offset}"
+        step = chain_step(prev, row.avro_hash)
+        if last_offset is not None and row.offset == last_offset:
             report.problems.append(Problem("inserted", where, "a second row claims this offset"))
-            i += 1
+            row, nxt = nxt, next(rows, None)
             continue
-        avro_hash = hashlib.sha256(row["avro"]).digest()
-        stored = bytes.fromhex(row["chain_hash"])
-        if avro_hash.hex() != row["avro_sha256"]:
+        if not row.sha_ok:
             report.problems.append(Problem("changed", where, "the stored bytes do not match avro_sha256"))
-        elif chain_step(prev, avro_hash) != stored:
-            nxt = rows[i + 1] if i + 1 < n else None
-            nxt_hash = hashlib.sha256(nxt["avro"]).digest() if nxt else b""
-            if nxt is not None and chain_step(prev, nxt_hash).hex() == nxt["chain_hash"]:
-                if chain_step(bytes.fromhex(nxt["chain_hash"]), avro_hash) == stored:
+        elif step != row.stored:
+            if nxt is not None and chain_step(prev, nxt.avro_hash) == nxt.stored:
+                if chain_step(nxt.stored, row.avro_hash) == row.stored:
                     report.problems.append(
                         Problem(
-                            "reordered",
-                            where,
-                            f"swapped with offset {nxt['offset']} (event {row['event_id']})",
+                            "reordered", where, f"swapped with offset {nxt.offset} (event {row.event_id})"
                         )
                     )
-                    chain[row["offset"]] = row["chain_hash"]
-                    prev_prev, prev, last_offset = prev, stored, row["offset"]
-                    i += 2
+                    record(row.offset, row.stored_hex)
+                    prev_prev, prev, last_offset = prev, row.stored, row.offset
+                    row = next(rows, None)
+                    nxt = next(rows, None)
                     continue
                 report.problems.append(
-                    Problem("inserted", where, f"not part of the chain (event {row['event_id']})")
+                    Problem("inserted", where, f"not part of the chain (event {row.event_id})")
                 )
-                i += 1
+                row, nxt = nxt, next(rows, None)
                 continue
-            if last_offset is not None and chain_step(prev_prev, avro_hash) == stored:
+            if last_offset is not None and chain_step(prev_prev, row.avro_hash) == row.stored:
                 report.problems.append(
                     Problem(
                         "inserted",
                         f"{tp}@{last_offset}",
-                        f"a forged row was inserted before offset {row['offset']}",
+                        f"a forged row was inserted before offset {row.offset}",
                     )
                 )
-            elif row["offset"] != (last_offset if last_offset is not None else -1) + 1:
+            elif row.offset != (last_offset if last_offset is not None else -1) + 1:
                 after = "the start" if last_offset is None else f"offset {last_offset}"
                 report.problems.append(
-                    Problem("removed", where, f"row(s) removed between {after} and offset {row['offset']}")
+                    Problem("removed", where, f"row(s) removed between {after} and offset {row.offset}")
                 )
             else:
                 report.problems.append(
-                    Problem("changed", where, f"chain hash does not match (event {row['event_id']})")
+                    Problem("changed", where, f"chain hash does not match (event {row.event_id})")
                 )
-        elif decode is not None and (column := _rederive(row, decode)) is not None:
-            nxt = rows[i + 1] if i + 1 < n else None
-            if nxt is not None and chain_step(prev, _sha(nxt["avro"])).hex() == nxt["chain_hash"]:
+        elif row.column is not None:
+            if nxt is not None and chain_step(prev, nxt.avro_hash) == nxt.stored:
                 # the next row chains from this one's predecessor: this one was slipped in
                 report.problems.append(
-                    Problem("inserted", where, f"not part of the chain (event {row['event_id']})")
+                    Problem("inserted", where, f"not part of the chain (event {row.event_id})")
                 )
-                i += 1
+                row, nxt = nxt, next(rows, None)
                 continue
             report.problems.append(
-                Problem("changed", where, f"column {column} differs from the stored event")
+                Problem("changed", where, f"column {row.column} differs from the stored event")
             )
-        chain[row["offset"]] = chain_step(prev, avro_hash).hex()
-        prev_prev, prev, last_offset = prev, stored, row["offset"]
-        i += 1
+        record(row.offset, step.hex())
+        prev_prev, prev, last_offset = prev, row.stored, row.offset
+        row, nxt = nxt, next(rows, None)
+
+
+def _run_chains(
+    facts_in_order: Iterable[Fact],
+    report: VerifyReport,
+    anchored: bool,
+    wanted: dict[str, set[int]] | None,
+    tops: dict[str, int] | None,
+) -> None:
+    """Every chain of sorted facts; ``wanted``/``tops`` None: keep every offset (in memory)."""
+    counted = _Counting(iter(facts_in_order), report)
+    for tp, group in itertools.groupby(counted, key=lambda f: f.tp):
+        report.partitions += 1
+        record = _Recorder(
+            report,
+            tp,
+            None if wanted is None else wanted.get(tp, set()),
+            None if tops is None else tops.get(tp),
+        )
+        _verify_partition(tp, group, report, anchored, record)
+        if tops is not None:
+            record.close()
+        else:
+            report.beyond.pop(tp, None)
+
+
+class _Counting:
+    """Counts the rows that pass (report.rows) without holding them."""
+
+    def __init__(self, it: Iterator[Fact], report: VerifyReport) -> None:
+        self.it, self.report = it, report
+
+    def __iter__(self) -> Iterator[Fact]:
+        return self
+
+    def __next__(self) -> Fact:
+        fact = next(self.it)
+        self.report.rows += 1
+        return fact
 
 
 def verify_rows(
     table: pa.Table, decode: Callable[[bytes], Any] | None, anchored: bool = True
 ) -> VerifyReport:
-    """Per-row checks over an arrow table of audit rows (any order)."""
-    report = VerifyReport(rows=table.num_rows)
-    table = table.sort_by([("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
-        groups.setdefault(f"{row['topic']}:{row['partition']}", []).append(row)
-    report.partitions = len(groups)
-    for tp, rows in groups.items():
-        _verify_partition(tp, rows, report, decode, anchored)
+    """Per-row checks over an arrow table of audit rows (any order), in memory."""
+    report = VerifyReport()
+    found = pa.Table.from_batches(
+        [facts(b, decode, _rederive, 0) for b in table.combine_chunks().to_batches()] or [],
+        schema=FACTS_SCHEMA,
+    )
+    found = found.append_column("n", pa.array(range(found.num_rows), pa.int64()))
+    found = found.sort_by(
+        [("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending"), ("n", "ascending")]
+    )
+    _run_chains(iter_facts(found.drop_columns(["n"]).to_batches()), report, anchored, None, None)
+    report.rows = table.num_rows
     return report
 
 
@@ -200,11 +280,28 @@ def _check_heads(
     origin: str,
     since_floor: dict[str, int] | None,
     current: bool,
+    kid: str | None = None,
 ) -> bool:
-    """Signed heads against the recomputed chains; True when all hold."""
+    """Signed heads against the recomputed chains; True when all hold.
+
+    ``kid``: the key the sink says it signed with (None: any kept key may have).
+    """
     ok = True
+    unknown = kid is not None and not verifier.knows(kid)
     for tp, head in sorted(heads.items()):
-        if not verifier.check(uuid, tp, head):
+        # a snapshot carries the heads of partitions it did not write from its parent: after a
+        # rotation those are signed by the previous key, so any kept key may have signed a head
+        signed = (not unknown and verifier.check(uuid, tp, head, kid)) or verifier.check(uuid, tp, head)
+        if not signed and unknown:
+            report.problems.append(
+                Problem(
+                    "unknown_key",
+                    origin,
+                    f"heads signed by key {kid}, which is not in the keyring (a removed key, or someone else's)",
+                )
+            )
+            return False
+        if not signed:
             report.problems.append(Problem("signature", origin, f"bad signature on the head of {tp}"))
             ok = False
             continue
@@ -212,7 +309,7 @@ def _check_heads(
             continue  # --since: before the first row checked (or no rows of it in range)
         got = report.chains.get(tp, {}).get(head.offset)
         if got is None:
-            last = max(report.chains.get(tp, {}) or [-1])
+            last = report.extents[tp][1] if tp in report.extents else -1
             kind = "rollback" if head.offset > last else "removed"
             report.problems.append(
                 Problem(
@@ -233,16 +330,16 @@ def _check_heads(
             )
             ok = False
     if current:
-        for tp, chain in report.chains.items():
+        for tp in list(report.chains):
             top = heads.get(tp)
-            beyond = sorted(o for o in chain if top is None or o > top.offset)
-            if beyond:
+            if tp in report.beyond:
+                count, first = report.beyond[tp]
+            else:
+                beyond = sorted(o for o in report.chains[tp] if top is None or o > top.offset)
+                count, first = len(beyond), (beyond[0] if beyond else -1)
+            if count:
                 report.problems.append(
-                    Problem(
-                        "inserted",
-                        f"{tp}@{beyond[0]}",
-                        f"{len(beyond)} row(s) not covered by any signed head",
-                    )
+                    Problem("inserted", f"{tp}@{first}", f"{count} row(s) not covered by any signed head")
                 )
                 ok = False
     return ok
@@ -256,29 +353,59 @@ def verify_table(
     since: datetime | None = None,
     published: list[bytes] | None = None,
 ) -> VerifyReport:
-    """Everything: rows, every snapshot's signed heads, ancestry, the witness file and topic.
+    """Everything: rows, every snapshot's signed heads, ancestry, retention, the witness file and topic.
 
-    ``witness`` None skips the witness checks (library use); ``published`` is what the witness
-    topic holds (None: not compared).
+    Streams the table (sinks/verify_scan.py): memory grows with topic-partitions and signed
+    heads, not rows. ``witness`` None skips the witness checks (library use); ``published`` is
+    what the witness topic holds (None: not compared).
     """
+    from sinks import retention
     from sinks.table import state_of
 
     tbl.refresh()
     uuid = str(tbl.metadata.table_uuid)
-    rows, unreadable = _read_rows(tbl, since)
-    report = verify_rows(rows, decode, anchored=since is None)
+    current = tbl.current_snapshot()
+    snapshots = list(tbl.metadata.snapshots)
+    lineage = _lineage(tbl, current.snapshot_id) if current is not None else set()
+    states = {s.snapshot_id: state_of(s) for s in snapshots if s.snapshot_id in lineage}
+    lines = read_lines(witness) if witness is not None else None
+    wanted: dict[str, set[int]] = {}
+    heads_seen: list[dict[str, Any]] = [
+        {tp: h.offset for tp, h in st.heads.items()} for st in states.values() if st is not None
+    ]
+    for ln in lines or []:
+        heads_json = ln.entry.get("heads") if ln.entry is not None else None
+        if isinstance(heads_json, dict):
+            heads_seen.append({tp: h.get("offset") for tp, h in heads_json.items() if isinstance(h, dict)})
+    for heads in heads_seen:
+        for tp, offset in heads.items():
+            try:
+                wanted.setdefault(str(tp), set()).add(int(offset))
+            except (TypeError, ValueError):
+                continue
+    top_state = states.get(current.snapshot_id) if current is not None else None
+    tops = {tp: h.offset for tp, h in top_state.heads.items()} if top_state is not None else {}
+
+    unreadable: list[tuple[str, str]] = []
+    first = first_offsets_since(tbl, since, []) if since else None
+    report = VerifyReport()
+
+    def fact_batches() -> Iterator[pa.RecordBatch]:
+        position = 0  # each row's place in the scan: equal offsets keep their scan order
+        for batch in scan_batches(tbl, decode is not None, since, unreadable, first):
+            yield facts(batch, decode, _rederive, position)
+            position += batch.num_rows
+
+    _run_chains(iter_facts(sorted_facts(fact_batches())), report, since is None, wanted, tops)
     for path, error in unreadable:
         report.problems.insert(0, Problem("unreadable", path, error))
     # with --since, heads are checked from the first row in range on
-    since_floor = {tp: min(c) for tp, c in report.chains.items() if c} if since else None
-    current = tbl.current_snapshot()
-    snapshots = list(tbl.metadata.snapshots)
+    since_floor = {tp: ext[0] for tp, ext in report.extents.items()} if since else None
     report.snapshots = len(snapshots)
     if current is None:
         if report.rows:
             report.problems.append(Problem("unsigned", "table", "rows but no snapshot"))
         return report
-    lineage = _lineage(tbl, current.snapshot_id)
     for snap in snapshots:
         origin = f"snapshot {snap.snapshot_id}"
         if snap.snapshot_id not in lineage:
@@ -288,7 +415,7 @@ def verify_table(
                 )
             )
             continue
-        state = state_of(snap)
+        state = states[snap.snapshot_id]
         if state is None:
             report.problems.append(
                 Problem("unsigned", origin, f"written by something other than the sink ({_op(snap)})")
@@ -302,9 +429,17 @@ def verify_table(
             origin,
             since_floor,
             snap.snapshot_id == current.snapshot_id,
+            state.key_id,
         )
+    kept = retention.check(tbl, verifier, uuid)
+    report.problems.extend(Problem(kind, where, message) for kind, where, message in kept.problems)
+    report.notes.extend(kept.notes)
     if witness is not None:
-        _check_witness(report, tbl, verifier, uuid, witness, since_floor, published)
+        _check_witness(
+            report, tbl, verifier, uuid, witness, lines, since_floor, published, kept.covered_below
+        )
+    if verifier.used:
+        report.notes.append(f"signatures checked with key(s) {', '.join(sorted(verifier.used))}")
     return report
 
 
@@ -318,15 +453,16 @@ def _check_witness(
     verifier: Verifier,
     uuid: str,
     path: Path,
+    lines: list[WitnessLine] | None,
     since_floor: dict[str, int] | None,
     published: list[bytes] | None,
+    covered_below: int = 0,
 ) -> None:
     """The witness file is present, signed, chained, as long as the table's history, and the topic agrees."""
     from sinks.table import state_of
 
     snapshots = list(tbl.metadata.snapshots)
     signed = {s.snapshot_id: st for s in snapshots if (st := state_of(s)) is not None}
-    lines = read_lines(path)
     if lines is None or not lines:
         if signed or published:
             report.problems.append(
@@ -351,11 +487,14 @@ def _check_witness(
             continue  # check_lines named it (a signed line always has heads)
         witnessed.add(_heads_key(entry["heads"]))
         origin = f"witness of snapshot {entry.get('snapshot_id')}"
-        if entry.get("snapshot_id") not in known:
+        if entry.get("snapshot_id") not in known and not _retained(entry, covered_below):
             report.problems.append(
                 Problem("expired", origin, "the sink wrote this snapshot but the table no longer has it")
             )
-        _check_heads(report, verifier, uuid, heads, origin, since_floor, False)
+        kid = entry.get("key_id")
+        _check_heads(
+            report, verifier, uuid, heads, origin, since_floor, False, kid if isinstance(kid, str) else None
+        )
     # shorter than the table's history: signed heads the witness never recorded ...
     for snap_id, st in signed.items():
         if st.heads and _heads_key({k: h.to_json() for k, h in st.heads.items()}) not in witnessed:
@@ -386,6 +525,12 @@ def _check_witness(
         _compare_topic(report, lines, published, uuid)
 
 
+def _retained(entry: dict[str, Any], covered_below: int) -> bool:
+    """A witnessed snapshot older than the retention anchor's oldest kept one (expired by it)."""
+    seq = entry.get("sequence_number")
+    return isinstance(seq, int) and seq < covered_below
+
+
 def _compare_topic(report: VerifyReport, lines: list[WitnessLine], published: list[bytes], uuid: str) -> None:
     """Every line the topic holds for this table is in the file, byte for byte."""
     in_file = {ln.raw for ln in lines}
@@ -410,61 +555,6 @@ def _compare_topic(report: VerifyReport, lines: list[WitnessLine], published: li
                 f"(first: snapshot {first.get('snapshot_id')}): the file was truncated, replaced or changed",
             )
         )
-
-
-def _read_rows(tbl: Any, since: datetime | None) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """The rows to check, and (path, error) of every data file that cannot be read.
-
-    A missing or damaged data file must be named, not crash verify: the rows of the other files
-    are still checked (the lost rows then show as removed).
-    """
-    try:
-        return (_rows_since(tbl, since) if since else tbl.scan().to_arrow()), []
-    except Exception:  # noqa: S110 - retried file by file below, where each failure is named
-        pass
-    import pyarrow.parquet as pq
-
-    from sinks.audit_schema import ARROW_SCHEMA
-
-    pieces, unreadable = [], []
-    for task in tbl.scan().plan_files():
-        path = task.file.file_path
-        try:
-            with tbl.io.new_input(path).open() as fh:
-                data = pq.read_table(fh)
-            pieces.append(data.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
-        except Exception as exc:
-            unreadable.append((path, f"data file cannot be read ({type(exc).__name__}: {str(exc)[:200]})"))
-    rows = pa.concat_tables(pieces) if pieces else ARROW_SCHEMA.empty_table()
-    if since is not None:
-        import pyarrow.compute as pc
-
-        rows = rows.filter(
-            pc.greater_equal(rows["occurred_at"], pa.scalar(since, rows.schema.field("occurred_at").type))
-        )
-    return rows, unreadable
-
-
-def _rows_since(tbl: Any, since: datetime) -> pa.Table:
-    """Each chain from its first row that occurred at or after ``since``, without gaps.
-
-    Events of one partition are not ordered by ``occurred_at`` (producers' clocks differ), so a
-    plain filter would cut holes into chains; the day before ``since`` is read to fill them.
-    """
-    import pyarrow.compute as pc
-
-    rows = tbl.scan(row_filter=f"occurred_at >= '{(since - timedelta(days=1)).isoformat()}'").to_arrow()
-    recent = rows.filter(
-        pc.greater_equal(rows["occurred_at"], pa.scalar(since, rows.schema.field("occurred_at").type))
-    )
-    first: dict[tuple[str, int], int] = {}
-    for t, p, o in zip(*(recent[c].to_pylist() for c in ("topic", "partition", "offset")), strict=True):
-        first[(t, p)] = min(o, first.get((t, p), o))
-    keep = [
-        (t, p) in first and o >= first[(t, p)]
-        for t, p, o in zip(*(rows[c].to_pylist() for c in ("topic", "partition", "offset")), strict=True)
-    ]
-    return rows.filter(pa.array(keep, type=pa.bool_()))
 
 
 def _lineage(tbl: Any, snapshot_id: int) -> set[int]:

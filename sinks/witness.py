@@ -206,7 +206,11 @@ def check_lines(lines: Iterable[WitnessLine], verifier: Verifier) -> list[tuple[
             body = {k: v for k, v in entry.items() if k != "sig"}
             if canonical(entry) != line.raw:
                 out.append((where, "changed: not the exact bytes the sink wrote"))
-            elif not verifier.check_bytes(canonical(body), str(entry["sig"])):
+            elif isinstance(kid := entry.get("key_id"), str) and not verifier.knows(kid):
+                out.append((where, f"signed by key {kid}, which is not in the keyring"))
+            elif not verifier.check_bytes(
+                canonical(body), str(entry["sig"]), kid if isinstance(kid, str) else None
+            ):
                 out.append((where, "bad signature: the line was changed or forged"))
             elif entry.get("prev") != prev or entry.get("n") != expected_n:
                 out.append(

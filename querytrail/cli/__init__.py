@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "querytrail.cli.policy",  # policy check, policy lint
     "querytrail.cli.pipeline",  # worker, executor, approvals, approve, deny
     "querytrail.cli.audit",  # sink, verify, replay, query, report, compact
+    "querytrail.cli.retention",  # audit expire, audit rotate-key
     "querytrail.cli.demo",  # demo
     "querytrail.cli.reconcile",  # reconcile (history vs the audit log)
 )

@@ -76,34 +76,13 @@ def _sink(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pyiceberg.exceptions import NoSuchTableError
+    from querytrail.cli.retention import run_verify
+    from querytrail.escape import terminal
 
-    from schemas.codec import EventCodec
-    from sinks.chain import load_verifier
-    from sinks.consumer import witness_path
-    from sinks.table import open_table
-    from sinks.verify import verify_table
-
-    settings = _settings()
-    try:
-        tbl = open_table(settings)
-    except NoSuchTableError:
-        print(f"no audit table {settings.iceberg.table}", file=sys.stderr)
+    report = run_verify(_settings(), args.since, args.no_witness_topic)
+    if isinstance(report, str):
+        print(report, file=sys.stderr)
         return 1
-    verifier = load_verifier(settings.key_path("chain_verify_key"))
-    codec = EventCodec(settings.kafka.schema_registry_url)
-    published = None
-    if not args.no_witness_topic:
-        from sinks.witness import read_witness_topic
-
-        try:
-            published = read_witness_topic(settings)
-        except Exception as exc:  # named, and verify fails: the topic is the witness's anchor
-            print(f"cannot read the witness topic ({exc}); --no-witness-topic skips it", file=sys.stderr)
-            return 1
-    report = verify_table(
-        tbl, verifier, codec.decode, witness_path(settings), since=args.since, published=published
-    )
     if args.format == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -117,6 +96,8 @@ def _verify(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+        for note in report.notes:
+            print(f"  note: {terminal(note, 500)}")
         for problem in report.problems[:50]:
             print(f"  {problem}")
         if len(report.problems) > 50:
