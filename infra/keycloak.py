@@ -29,6 +29,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.kafka import (
     BrokerDiedError,
@@ -42,15 +43,21 @@ from infra.kafka import (
     tail,
 )
 
+if TYPE_CHECKING:
+    from querytrail.settings import IssuerSettings
+
 __all__ = [
     "KEYCLOAK_VERSION",
     "REALM",
     "REALM_FILE",
     "Keycloak",
     "KeycloakHandle",
+    "default_jar_cache",
     "find_java21",
+    "issuer_settings",
     "resolve_keycloak",
     "start_keycloak",
+    "token_request",
 ]
 
 log = logging.getLogger(__name__)
@@ -344,3 +351,23 @@ def token_request(token_endpoint: str, form: dict[str, str], timeout: float = 10
     if not isinstance(data, dict):
         raise urllib.error.URLError("token endpoint answered a non-object")
     return data
+
+
+def issuer_settings(issuer: str) -> IssuerSettings:
+    """How the ingress and worker trust the local Keycloak realm at ``issuer``.
+
+    Subjects are ``preferred_username`` (``alice``, ``service-account-querytrail-ci``): readable
+    in the audit log, unique in the realm, and not editable by users (``editUsernameAllowed``
+    is off in the realm file). ``service_account: true`` is a hard-coded claim of the
+    querytrail-ci client; the audience ``querytrail`` comes from an audience mapper.
+    """
+    from querytrail.settings import IssuerSettings
+
+    return IssuerSettings(
+        issuer=issuer,
+        audience="querytrail",
+        algorithms=["RS256"],
+        subject_claim="preferred_username",
+        required_claims=["sub", "exp", "iat", "preferred_username"],
+        service_account_claim="service_account",
+    )
