@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sinks.commands",  # sink, verify, replay, query, report, compact
     "querytrail.demo",  # demo
     "querytrail.reconcile_cli",  # reconcile (history vs the audit log)
+    "console.commands",  # console (the web console)
 )
 
 
