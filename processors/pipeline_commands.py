@@ -31,6 +31,11 @@ def register(subparsers: Any) -> None:
     executor = subparsers.add_parser("executor", help="run the Snowflake executor")
     executor.set_defaults(func=_executor)
 
+    notifier = subparsers.add_parser("notifier", help="send approval webhooks (settings.notifications)")
+    notifier.set_defaults(
+        func=lambda args: __import__("processors.notifier_service").notifier_service.main(_settings())
+    )
+
     approvals = subparsers.add_parser("approvals", help="pending approvals")
     sub = approvals.add_subparsers(dest="approvals_command", required=True, metavar="SUBCOMMAND")
     lst = sub.add_parser("list", help="pending approvals (from the decisions topic)")
