@@ -2,9 +2,10 @@
 
 The ID token is verified with ``ingress.identity.TokenVerifier`` built from the same settings the
 worker uses, so the console signs in exactly the identities the worker will accept an approval
-from, with the same claim-to-identity mapping (groups included). The ID token is what the
-console later seals into the approver's verdict (``processors.verdicts.send_verdict``); the
-configured issuer's ``audience`` is therefore the console's client id.
+from, with the same claim-to-identity mapping (groups included). The access token (audience
+``querytrail``, as the worker's issuer settings require) is what the console later seals into
+the approver's verdict (``processors.verdicts.send_verdict``); the ID token (audience: the
+console's client id) is checked for this sign-in's nonce and the same subject.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class OidcLogin:
         self._verifier = verifier
         self._timeout = timeout_s
         self._meta: dict[str, Any] | None = None
+        self._id_tokens: Any = None
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[str, str, float]] = {}  # state -> (nonce, code_verifier, started)
 
@@ -97,15 +99,26 @@ class OidcLogin:
                 )
             except Exception as exc:
                 raise OidcError(f"the IdP refused the authorization code ({type(exc).__name__})") from None
-        id_token = token.get("id_token")
-        if not isinstance(id_token, str):
-            raise OidcError("the IdP returned no ID token")
+        id_token, access_token = token.get("id_token"), token.get("access_token")
+        if not isinstance(id_token, str) or not isinstance(access_token, str):
+            raise OidcError("the IdP returned no ID token or no access token")
         from ingress.identity import IdentityError
 
         try:
-            identity = self._verifier.verify(id_token)
+            identity = self._verifier.verify(access_token)
+            id_claims = self._id_verifier().verify(id_token).claims
         except IdentityError as exc:
-            raise OidcError(f"the ID token was refused: {exc.code}") from None
-        if identity.claims.get("nonce") != nonce:
+            raise OidcError(f"the IdP's token was refused: {exc.code}") from None
+        if id_claims.get("nonce") != nonce:
             raise OidcError("the ID token's nonce does not match this sign-in")
-        return identity, id_token, float(identity.claims["exp"])
+        if id_claims.get("sub") != identity.claims.get("sub"):
+            raise OidcError("the ID token and the access token name different users")
+        return identity, access_token, float(identity.claims["exp"])
+
+    def _id_verifier(self) -> Any:
+        from ingress.identity import TokenVerifier
+
+        trusted = self._verifier.issuer_settings(self.issuer)
+        if self._id_tokens is None:
+            self._id_tokens = TokenVerifier([trusted.model_copy(update={"audience": self.client_id})])
+        return self._id_tokens
