@@ -7,8 +7,9 @@ through ``mvn dependency:copy`` into the jar cache (``QUERYTRAIL_JAR_CACHE`` or
 ``infra/keycloak/querytrail-realm.json`` (realm ``querytrail``).
 
 Each instance gets its own small home under ``workdir`` (its ``conf``, ``data`` and the
-``lib/quarkus`` build output that ``start-dev`` rewrites at every start); the 160 MB of library
-jars and the themes are symlinks into the shared, read-only cache. So two instances (a test
+``lib/quarkus`` build output that ``start-dev`` may rebuild); the 160 MB of library jars and
+the themes are symlinks into the shared, read-only cache. The first start's built ``lib/quarkus``
+is kept in the cache, so later starts skip the rebuild (3+ min on a loaded machine -> ~1 min). So two instances (a test
 session and ``querytrail up``) never write into each other's files. ``start-dev`` keeps the
 realm in an in-memory database: every start imports the realm afresh, nothing persists.
 
@@ -157,6 +158,33 @@ def _safe_extract(zf: zipfile.ZipFile, dest: Path) -> None:
     zf.extractall(dest)
 
 
+def _augmented(dist: Path) -> Path:
+    """Where the cache keeps a ``lib/quarkus`` already built for our start-dev options."""
+    return dist.parent / f".keycloak-{dist.name.removeprefix('keycloak-')}-dev-quarkus"
+
+
+def _keep_augmented(dist: Path, home: Path) -> None:
+    """Save this started instance's ``lib/quarkus`` for the next instance (once, atomically).
+
+    ``start-dev`` on a fresh distribution first rebuilds ("augments") the Quarkus application:
+    minutes on a loaded 2-core machine, and about half of a start even when idle. The result
+    depends only on the build options, which are fixed in ``Keycloak.start``; Keycloak checks
+    them itself and rebuilds if they differ, so a stale copy costs time, never correctness.
+    """
+    target = _augmented(dist)
+    if (target / ".complete").exists():
+        return
+    with _file_lock(dist.parent / f"{target.name}.lock"):
+        if (target / ".complete").exists():
+            return
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(home / "lib" / "quarkus", staging)
+        (staging / ".complete").write_text("built by start-dev\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+
+
 def _instance_home(dist: Path, home: Path) -> None:
     """``home``: this instance's writable Keycloak home, sharing the read-only jars of ``dist``."""
     shutil.rmtree(home, ignore_errors=True)
@@ -165,7 +193,9 @@ def _instance_home(dist: Path, home: Path) -> None:
     # kc.sh finds its home with `readlink -f $0`: a copy (not a link) makes that home this one
     shutil.copy2(dist / "bin" / "kc.sh", home / "bin" / "kc.sh")
     shutil.copytree(dist / "conf", home / "conf")
-    shutil.copytree(dist / "lib" / "quarkus", home / "lib" / "quarkus")  # start-dev rewrites it
+    built = _augmented(dist)
+    quarkus = built if (built / ".complete").exists() else dist / "lib" / "quarkus"
+    shutil.copytree(quarkus, home / "lib" / "quarkus", ignore=shutil.ignore_patterns(".complete"))
     shutil.copytree(dist / "lib" / "app", home / "lib" / "app")
     shutil.copy2(dist / "lib" / "quarkus-run.jar", home / "lib" / "quarkus-run.jar")
     (home / "lib" / "lib").symlink_to(dist / "lib" / "lib")
@@ -282,6 +312,10 @@ class Keycloak:
         except BaseException:
             self.stop()
             raise
+        try:
+            _keep_augmented(dist, self.home)
+        except OSError as exc:  # only a speed-up for the next start
+            log.warning("could not keep Keycloak's built application in %s: %s", dist.parent, exc)
         return self._handle()
 
     def _handle(self) -> KeycloakHandle:

@@ -36,7 +36,7 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for attempt in range(3):
         server = Keycloak(workdir / f"kc{attempt}", _free_port(), jar_cache=cache, owned_by_caller=True)
         try:
-            handle = server.start(timeout=300)
+            handle = server.start(timeout=600)
             break
         except (PortInUseError, BrokerDiedError):
             # a free port taken by someone else before Keycloak bound it: retry on another
