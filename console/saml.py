@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+from typing import Any
 
 __all__ = ["SamlError", "SamlLogin"]
 
@@ -96,7 +97,7 @@ class SamlLogin:
         if not getattr(resp.assertion, "signature", None):
             raise SamlError("the SAML assertion is not signed")  # belt and braces over want_assertions_signed
         assertion_id = str(resp.assertion.id)
-        expires = time.time() + _OUTSTANDING_TTL_S
+        expires = max(time.time() + _OUTSTANDING_TTL_S, _not_on_or_after(resp.assertion))
         now = time.time()
         with self._lock:
             self._seen = {k: v for k, v in self._seen.items() if v > now}
@@ -111,3 +112,14 @@ class SamlLogin:
             str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in resp.ava.items()
         }
         return str(name_id), attributes
+
+
+def _not_on_or_after(assertion: Any) -> float:
+    """The assertion's NotOnOrAfter as epoch seconds (0 when absent or unreadable)."""
+    from datetime import datetime
+
+    text = getattr(getattr(assertion, "conditions", None), "not_on_or_after", None)
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else 0.0
+    except ValueError:
+        return 0.0

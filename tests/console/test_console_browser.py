@@ -256,3 +256,25 @@ def test_saml_approver_releases_a_held_query(
         assert all(r[2] is None for r in outcome.rows())
     finally:
         held.close()
+
+
+def test_replayed_saml_response_is_refused(stack: tuple[Pipeline, ConsoleServer]) -> None:
+    """A signed response captured from Keycloak signs in once; posting it again is refused."""
+    import html
+    import re
+
+    _, server = stack
+    with httpx.Client(timeout=20, follow_redirects=False) as client:
+        to_idp = client.get(f"{server.url}/login/saml").headers["location"]
+        page = client.get(to_idp)
+        action = html.unescape(re.search(r'action="([^"]+)"', page.text).group(1))  # type: ignore[union-attr]
+        cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)  # Secure cookies over http
+        posted = client.post(
+            action, data={"username": "carol", "password": "carol-pw"}, headers={"cookie": cookie}
+        )
+        saml_response = html.unescape(re.search(r'name="SAMLResponse" value="([^"]+)"', posted.text).group(1))  # type: ignore[union-attr]
+        first = httpx.post(f"{server.url}/auth/saml/acs", data={"SAMLResponse": saml_response})
+        assert first.status_code == 303 and first.headers["location"] == "/approvals"
+        again = httpx.post(f"{server.url}/auth/saml/acs", data={"SAMLResponse": saml_response})
+        assert again.status_code == 403 and "Sign-in refused" in again.text
+        assert "set-cookie" not in again.headers or "qt_console=" not in again.headers["set-cookie"]
