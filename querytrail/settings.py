@@ -245,7 +245,7 @@ class LocalStackSettings(_Frozen):
     fakesnow_startup_timeout_s: float = 60.0
     kafka_startup_timeout_s: float = 90.0
     keycloak_port: int = 18180  # `querytrail up --with keycloak`
-    keycloak_startup_timeout_s: float = 240.0
+    keycloak_startup_timeout_s: float = 600.0  # a loaded 2-core machine: minutes (docs/keycloak.md)
 
 
 class Settings(BaseSettings):
