@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 QT := $(VENV)/bin/querytrail
 STAMP := $(VENV)/.installed
-PACKAGES := querytrail schemas ingress processors sinks infra
+PACKAGES := querytrail schemas ingress processors sinks infra console
 LINT_PATHS := $(PACKAGES) tests bench  # code only: ruff would also reformat python blocks in docs/*.md
 
 .DEFAULT_GOAL := help

@@ -33,7 +33,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KAFKA, FAKESNOW = "kafka", "fakesnow"
+KAFKA, FAKESNOW, KEYCLOAK = "kafka", "fakesnow", "keycloak"
+OPTIONAL = (KEYCLOAK,)  # started only when named with --with
 
 
 def register(sub: Any) -> None:
@@ -43,6 +44,12 @@ def register(sub: Any) -> None:
         "--only",
         metavar="NAMES",
         help="comma-separated services to start (default: all), e.g. kafka,fakesnow",
+    )
+    p.add_argument(
+        "--with",
+        dest="with_",
+        metavar="NAMES",
+        help=f"comma-separated optional services to start too: {', '.join(OPTIONAL)}",
     )
     p.set_defaults(func=_up)
     p = sub.add_parser("down", help="stop everything `querytrail up` started")
@@ -60,7 +67,9 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _stack_yaml(settings: Settings, bootstrap: str, fakesnow_port: int) -> Path:
+def _stack_yaml(
+    settings: Settings, bootstrap: str, fakesnow_port: int, keycloak_issuer: str | None = None
+) -> Path:
     """Write home/run/stack.yaml: the user's config file (if any) plus the local endpoints."""
     import yaml
 
@@ -83,16 +92,26 @@ def _stack_yaml(settings: Settings, bootstrap: str, fakesnow_port: int) -> Path:
         "database": "ANALYTICS",
         "schema": "PUBLIC",
     }
+    if keycloak_issuer:
+        # trusted next to the dev issuer (and any issuer of the user's config)
+        from infra.keycloak import issuer_settings
+
+        issuers = data.setdefault("identity", {}).setdefault("issuers", [])
+        issuers[:] = [i for i in issuers if i.get("issuer") != keycloak_issuer]
+        issuers.append(issuer_settings(keycloak_issuer).model_dump(mode="json"))
     path = settings.run_dir / "stack.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by `querytrail up`; removed by `querytrail down`\n" + yaml.safe_dump(data))
     return path
 
 
-def up(settings: Settings, only: set[str] | None = None) -> tuple[StackState, list[str]]:
+def up(
+    settings: Settings, only: set[str] | None = None, with_: set[str] | None = None
+) -> tuple[StackState, list[str]]:
     """Start whatever of the stack is not running; (state, names of the services started now).
 
-    ``only`` limits the registered services started after Kafka and fakesnow (which always run).
+    ``only`` limits the registered services started after Kafka and fakesnow (which always run);
+    ``with_`` names optional services (``OPTIONAL``: keycloak) to start as well.
     """
     from infra.fakesnow_server import FakesnowServer, connect_kwargs
     from infra.kafka import KafkaBroker
@@ -125,7 +144,23 @@ def up(settings: Settings, only: set[str] | None = None) -> tuple[StackState, li
             started.append(FAKESNOW)
         seed(connect_kwargs(local.fakesnow_port))
 
-        stack_yaml = _stack_yaml(settings, bootstrap, local.fakesnow_port)
+        issuer = None
+        if KEYCLOAK in (with_ or set()) or KEYCLOAK in state.services:
+            if not state.alive(KEYCLOAK):
+                from infra.keycloak import Keycloak
+
+                kc = Keycloak(
+                    settings.home,
+                    local.keycloak_port,
+                    java_home=None,
+                    jar_cache=local.jar_cache or settings.home / "cache",
+                )
+                kc.start(timeout=local.keycloak_startup_timeout_s)
+                assert kc.pid is not None
+                state.record(KEYCLOAK, kc.pid, kc.issuer, kc.log_path)
+                started.append(KEYCLOAK)
+            issuer = state.services[KEYCLOAK]["endpoint"]
+        stack_yaml = _stack_yaml(settings, bootstrap, local.fakesnow_port, issuer)
         os.environ["QUERYTRAIL_CONFIG"] = str(stack_yaml)  # the services read the same settings
         from querytrail.settings import Settings as _Settings
 
@@ -135,6 +170,8 @@ def up(settings: Settings, only: set[str] | None = None) -> tuple[StackState, li
             prepare(svc_settings)
         for svc in SERVICES:
             if state.alive(svc.name) or (only is not None and svc.name not in only):
+                continue
+            if svc.enabled is not None and not svc.enabled(svc_settings):
                 continue
             pid, svc_log = spawn(svc, svc_settings, env, settings.run_dir / "logs")
             endpoint = svc.endpoint(svc_settings) if svc.endpoint else None
@@ -229,8 +266,16 @@ def _up(args: argparse.Namespace) -> int:
     settings = _settings()
     t0 = time.monotonic()
     only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    with_ = {n.strip() for n in args.with_.split(",") if n.strip()} if args.with_ else set()
+    unknown = with_ - set(OPTIONAL)
+    if unknown:
+        print(
+            f"querytrail up: unknown --with {sorted(unknown)}; optional services: {', '.join(OPTIONAL)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        _, started = up(settings, only)
+        _, started = up(settings, only, with_)
     except (KafkaInfraError, TopicCreationError) as exc:
         print(f"querytrail up failed: {exc}", file=sys.stderr)
         return 1

@@ -59,6 +59,7 @@ class Service:
     endpoint: Callable[[Settings], str] | None = None
     startup_timeout_s: float = 60.0
     min_uptime_s: float = 3.0  # without a health check: alive this long counts as started
+    enabled: Callable[[Settings], bool] | None = None  # None: always started
 
 
 def cli(*args: str) -> list[str]:
@@ -111,6 +112,8 @@ SERVICES: list[Service] = [
         health=lambda s: http_ok(f"http://{s.ingress.host}:{s.ingress.port}/healthz"),
         endpoint=lambda s: f"http://{s.ingress.host}:{s.ingress.port}",
     ),
+    # approval webhooks: only when settings.notifications.webhooks names some
+    Service("notifier", lambda s: cli("notifier"), enabled=lambda s: bool(s.notifications.webhooks)),
 ]
 
 

@@ -67,6 +67,7 @@ SERVICE_KEYS: dict[str, str] = {
     "worker": "authz_signing_key",
     "executor": "executor_signing_key",
     "ingress": "ingress_signing_key",
+    "notifier": "notifier_signing_key",  # NotificationAttempted on actions
 }
 
 #: Topic suffix -> the services allowed to sign its records. ``requests`` (CI callers, proven
@@ -76,7 +77,7 @@ SIGNED_TOPICS: dict[str, tuple[str, ...]] = {
     "decisions": ("worker",),
     "executions": ("worker", "executor"),
     "results": ("worker", "executor", "ingress"),
-    "actions": ("ingress",),
+    "actions": ("ingress", "notifier"),
     "catalog": ("executor",),
 }
 

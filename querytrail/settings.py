@@ -157,6 +157,18 @@ class IngressSettings(_Frozen):
     index_lookback_s: float = 3600.0  # on start, index outcomes newer than this
 
 
+class NotificationSettings(_Frozen):
+    """Approval webhooks (processors/notifier/bodies.py, docs/notifications.md); none: no notifier runs."""
+
+    # each: {name, kind: slack|generic, url | url_env, secret_env | secret_file, rules, approver_groups}
+    webhooks: list[dict[str, Any]] = Field(default_factory=list)
+    console_url: str = ""  # base URL of the console; notes link to <console_url>/approvals/<request_id>
+    max_attempts: int = 5  # tries per webhook and event
+    base_delay_s: float = 0.5  # backoff before try n+1: base_delay_s * 2**(n-1), capped by max_delay_s
+    max_delay_s: float = 30.0
+    timeout_s: float = 5.0  # per HTTP request
+
+
 class McpSettings(_Frozen):
     """The MCP server (ingress/mcp_server.py): limits an agent cannot talk around."""
 
@@ -232,6 +244,8 @@ class LocalStackSettings(_Frozen):
     jar_cache: Path | None = None  # Maven-downloaded Kafka jars; default: home/cache
     fakesnow_startup_timeout_s: float = 60.0
     kafka_startup_timeout_s: float = 90.0
+    keycloak_port: int = 18180  # `querytrail up --with keycloak`
+    keycloak_startup_timeout_s: float = 600.0  # a loaded 2-core machine: minutes (docs/keycloak.md)
 
 
 class Settings(BaseSettings):
@@ -257,6 +271,7 @@ class Settings(BaseSettings):
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     mcp: McpSettings = Field(default_factory=McpSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)

@@ -60,7 +60,11 @@ TOPICS: dict[str, Topic] = {
             events=("QueryCompleted", "ResultPage", "QueryFailed", "QueryRejected", "BypassDetected"),
             configs=dict(_AUDIT),
         ),
-        Topic(suffix="actions", events=("DownstreamActionReported",), configs=dict(_AUDIT)),
+        Topic(
+            suffix="actions",
+            events=("DownstreamActionReported", "NotificationAttempted"),
+            configs=dict(_AUDIT),
+        ),
         Topic(
             suffix="catalog",
             events=("CatalogTable",),

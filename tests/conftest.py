@@ -29,6 +29,9 @@ import pytest
 
 from querytrail.settings import KafkaSettings, Settings, SnowflakeProfile
 
+# The ``keycloak`` session fixture (a real Keycloak, started only when a test asks for it).
+pytest_plugins = ["tests.keycloak_fixture"]
+
 _TEST_HOME = tempfile.mkdtemp(prefix="qt-test-home-")
 
 

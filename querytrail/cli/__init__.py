@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "querytrail.cli.retention",  # audit expire, audit rotate-key
     "querytrail.cli.demo",  # demo
     "querytrail.cli.reconcile",  # reconcile (history vs the audit log)
+    "console.commands",  # console (the web console)
 )
 
 

@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     executor = subparsers.add_parser("executor", help="run the Snowflake executor")
     executor.set_defaults(func=_executor)
 
+    notifier = subparsers.add_parser("notifier", help="send approval webhooks (settings.notifications)")
+    notifier.set_defaults(func=_notifier)
+
     approvals = subparsers.add_parser("approvals", help="pending approvals")
     sub = approvals.add_subparsers(dest="approvals_command", required=True, metavar="SUBCOMMAND")
     lst = sub.add_parser("list", help="pending approvals (from the decisions topic)")
@@ -68,6 +71,12 @@ def _worker(args: argparse.Namespace) -> int:
     serve_metrics("worker", settings.metrics_port_base, settings.metrics_host)
     start_lag_reporter("worker", settings, group_id("worker", settings.kafka.topic_prefix))
     return main(settings, loglevel=args.loglevel)
+
+
+def _notifier(args: argparse.Namespace) -> int:
+    from processors.notifier.service import main
+
+    return main(_settings())
 
 
 def _executor(args: argparse.Namespace) -> int:

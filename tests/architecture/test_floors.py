@@ -30,7 +30,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("schemas",),
     ("querytrail",),
     ("processors", "processors.decision"),
-    ("processors.worker", "processors.executor", "ingress", "sinks"),
+    ("processors.worker", "processors.executor", "processors.notifier", "ingress", "sinks"),
     ("querytrail.cli", "console", "infra"),
 )
 SERVICES = FLOORS[3]

@@ -1,0 +1,1 @@
+"""``querytrail console``: the web console for approvers and auditors (docs/console.md)."""
