@@ -9,7 +9,7 @@ PACKAGES := querytrail schemas ingress processors sinks infra console
 LINT_PATHS := $(PACKAGES) tests bench  # code only: ruff would also reformat python blocks in docs/*.md
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format up down status smoke demo bench constraints clean reports-sql
+.PHONY: help install unit test lint format up down status smoke demo bench constraints clean reports-sql
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install querytrail with the pinned constraints
+
+unit: $(STAMP) ## the fast loop: the tests that need no broker, emulator, IdP or browser (not `slow`)
+	$(PY) -m pytest -q -m "not integration and not slow" tests
 
 test: $(STAMP) ## run every test (unit + integration against a real Kafka and fakesnow)
 	$(PY) -m pytest

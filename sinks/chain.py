@@ -23,8 +23,8 @@ from querytrail import keys
 __all__ = [
     "GENESIS",
     "Head",
-    "Signer",
-    "Verifier",
+    "HeadSigner",
+    "HeadVerifier",
     "chain_hashes",
     "chain_step",
     "ensure_keypair",
@@ -86,7 +86,7 @@ def key_id(public: Ed25519PublicKey) -> str:
     return keys.key_id(public)
 
 
-class Signer:
+class HeadSigner:
     """Signs chain heads with the sink's private key (read only by the sink)."""
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
@@ -103,7 +103,7 @@ class Signer:
         return base64.b64encode(self._private.sign(message)).decode()
 
 
-class Verifier:
+class HeadVerifier:
     """Checks signed heads with the sink's public key, and with older keys kept after a rotation.
 
     ``add`` trusts another key (sinks/keyring.py adds those a signed handover links to this
@@ -164,15 +164,15 @@ def ensure_keypair(private_path: Path, public_path: Path) -> None:
         public_path.write_bytes(keys.public_pem(load_signer(private_path)._private))
 
 
-def load_signer(path: Path) -> Signer:
+def load_signer(path: Path) -> HeadSigner:
     try:
-        return Signer(keys.load_private(path, Ed25519PrivateKey))
+        return HeadSigner(keys.load_private(path, Ed25519PrivateKey))
     except keys.KeyFileError as exc:
         raise ValueError(str(exc)) from None
 
 
-def load_verifier(path: Path) -> Verifier:
+def load_verifier(path: Path) -> HeadVerifier:
     try:
-        return Verifier(keys.load_public(path, Ed25519PublicKey))
+        return HeadVerifier(keys.load_public(path, Ed25519PublicKey))
     except keys.KeyFileError as exc:
         raise ValueError(str(exc)) from None

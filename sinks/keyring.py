@@ -25,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from querytrail import keys
-from sinks.chain import Signer, Verifier, load_signer, load_verifier
+from sinks.chain import HeadSigner, HeadVerifier, load_signer, load_verifier
 
 __all__ = ["HANDOVERS", "Keyring", "keyring_dir", "load_keyring", "rotate"]
 
@@ -46,7 +46,7 @@ def _canonical(body: dict[str, Any]) -> bytes:
 class Keyring:
     """The verifier over every trusted key, the rotations that linked them, and what was ignored."""
 
-    verifier: Verifier
+    verifier: HeadVerifier
     rotations: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 
@@ -73,7 +73,7 @@ def rotate(private_path: Path, verify_path: Path, by: str) -> tuple[str, str]:
     old = load_signer(private_path)
     old_private: Ed25519PrivateKey = old._private
     new_private = Ed25519PrivateKey.generate()
-    new = Signer(new_private)
+    new = HeadSigner(new_private)
     ring = keyring_dir(verify_path)
     ring.mkdir(parents=True, exist_ok=True)
     for signer, private in ((old, old_private), (new, new_private)):
@@ -147,7 +147,7 @@ def load_keyring(verify_path: Path) -> Keyring:
             if old_pub is None or new_pub is None:
                 continue  # a removed key: whatever it signed no longer verifies
             message = _canonical({k: h[k] for k in ("type", "old", "new", "at", "by")})
-            probe = Verifier(old_pub)
+            probe = HeadVerifier(old_pub)
             probe.add(new_pub)
             if not (
                 probe.check_bytes(message, h["sigs"][0], old)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.chain import Signer, Verifier
+from sinks.chain import HeadSigner, HeadVerifier
 from sinks.table import state_of
 
 __all__ = ["ANCHOR_PROPERTY", "ExpiryError", "RetentionCheck", "check", "expire", "oldest_ancestor"]
@@ -61,7 +61,7 @@ def oldest_ancestor(tbl: Any) -> tuple[Any, list[Any]]:
 
 
 def _anchor_body(
-    tbl: Any, signer: Signer, kept: Any, expired: list[Any], by: str, prev_raw: str | None
+    tbl: Any, signer: HeadSigner, kept: Any, expired: list[Any], by: str, prev_raw: str | None
 ) -> dict[str, Any]:
     state = state_of(kept)
     assert state is not None
@@ -93,7 +93,7 @@ def _anchor_body(
 
 
 def expire(
-    tbl: Any, signer: Signer, keep: int, by: str, older_than: datetime | None = None
+    tbl: Any, signer: HeadSigner, keep: int, by: str, older_than: datetime | None = None
 ) -> dict[str, Any]:
     """Expire every ancestor but the newest ``keep`` (and, with ``older_than``, only older ones).
 
@@ -163,7 +163,7 @@ class RetentionCheck:
     covered_below: int = 0
 
 
-def check(tbl: Any, verifier: Verifier, uuid: str) -> RetentionCheck:
+def check(tbl: Any, verifier: HeadVerifier, uuid: str) -> RetentionCheck:
     """Missing ancestors against the signed retention anchor (see the module docstring)."""
     out = RetentionCheck()
     oldest, _ = oldest_ancestor(tbl)

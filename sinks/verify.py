@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from sinks.audit_schema import DERIVED_COLUMNS, derive, row_fields
-from sinks.chain import GENESIS, Head, Verifier, chain_step
+from sinks.chain import GENESIS, Head, HeadVerifier, chain_step
 from sinks.verify_scan import (
     FACTS_SCHEMA,
     Fact,
@@ -274,7 +274,7 @@ def verify_rows(
 
 def _check_heads(
     report: VerifyReport,
-    verifier: Verifier,
+    verifier: HeadVerifier,
     uuid: str,
     heads: dict[str, Head],
     origin: str,
@@ -347,7 +347,7 @@ def _check_heads(
 
 def verify_table(
     tbl: Any,
-    verifier: Verifier,
+    verifier: HeadVerifier,
     decode: Callable[[bytes], Any] | None,
     witness: Path | None = None,
     since: datetime | None = None,
@@ -450,7 +450,7 @@ def _heads_key(heads: dict[str, Any]) -> tuple[tuple[str, int, str], ...]:
 def _check_witness(
     report: VerifyReport,
     tbl: Any,
-    verifier: Verifier,
+    verifier: HeadVerifier,
     uuid: str,
     path: Path,
     lines: list[WitnessLine] | None,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sinks.chain import Head, Signer, Verifier
+from sinks.chain import Head, HeadSigner, HeadVerifier
 
 __all__ = [
     "WITNESS_GENESIS",
@@ -83,7 +83,7 @@ class WitnessWriter:
     def __init__(
         self,
         path: Path | None,
-        signer: Signer,
+        signer: HeadSigner,
         publish: Callable[[bytes, bytes], None] | None = None,
     ) -> None:
         self.path = path
@@ -191,7 +191,7 @@ def read_lines(path: Path) -> list[WitnessLine] | None:
     return out
 
 
-def check_lines(lines: Iterable[WitnessLine], verifier: Verifier) -> list[tuple[str, str]]:
+def check_lines(lines: Iterable[WitnessLine], verifier: HeadVerifier) -> list[tuple[str, str]]:
     """(where, message) for every line that is unreadable, unsigned, badly signed or off the chain."""
     out: list[tuple[str, str]] = []
     prev, expected_n = WITNESS_GENESIS, 0

@@ -28,7 +28,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from sinks.audit_schema import ARROW_SCHEMA, derive, undecodable_row
-from sinks.chain import GENESIS, Head, Signer, chain_step, tp_key
+from sinks.chain import GENESIS, Head, HeadSigner, chain_step, tp_key
 from sinks.table import SinkState, state_of
 from sinks.witness import WitnessWriter
 
@@ -309,7 +309,7 @@ class IcebergSink(BatchingSink):
     def __init__(
         self,
         table: Table,
-        signer: Signer,
+        signer: HeadSigner,
         decode: Callable[[bytes], Any],
         witness_path: Path | None = None,
         workers: int = 0,

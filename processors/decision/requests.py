@@ -20,8 +20,7 @@ from processors.decision.approvals import ApprovalState
 from processors.decision.authz import Signer, make_authorization, statement_sha256
 from processors.decision.policy import ApprovalRequirement, ApprovalRule, IdentityClaims, Policy
 from processors.decision.run_as import RunAsDenied, resolve_run_as
-from processors.decision.statement import Decision, DecisionCache
-from processors.decision.statement import decide_request as evaluate_request
+from processors.decision.statement import Decision, DecisionCache, evaluate_request
 from processors.decision.warehouse_catalog import Catalog
 from querytrail.query_tag import build_query_tag
 from schemas.events import (

@@ -41,7 +41,7 @@ from processors.decision.policy import (
 )
 from processors.decision.warehouse_catalog import Catalog
 
-__all__ = ["Decision", "DecisionCache", "decide_request", "evaluate"]
+__all__ = ["Decision", "DecisionCache", "evaluate", "evaluate_request"]
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class DecisionCache:
             table.popitem(last=False)
 
 
-def decide_request(
+def evaluate_request(
     request: Any,
     identity: IdentityClaims,
     catalog: Catalog,

@@ -11,7 +11,7 @@ import pytest
 
 import processors.decision.statement as decide_mod
 from processors.decision.policy import IdentityClaims, Policy, load_policy, parse_policy
-from processors.decision.statement import Decision, DecisionCache, decide_request, evaluate
+from processors.decision.statement import Decision, DecisionCache, evaluate, evaluate_request
 from processors.decision.warehouse_catalog import Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,16 +256,16 @@ class TestDecisionCache:
         assert len(cache) == 3
 
 
-def test_decide_request_reads_target_defaults() -> None:
+def test_evaluate_request_reads_target_defaults() -> None:
     request = SimpleNamespace(
         sql="SELECT id, email FROM customers WHERE id = 3",
         target=SimpleNamespace(profile="analytics", database="ANALYTICS", schema="PUBLIC"),
     )
-    d = decide_request(request, CI, CATALOG, EXAMPLE, NOON)
+    d = evaluate_request(request, CI, CATALOG, EXAMPLE, NOON)
     assert isinstance(d, Decision) and d.decision == "allow"
     assert d.tables == ("ANALYTICS.PUBLIC.CUSTOMERS",)
     cache = DecisionCache()
-    assert decide_request(request, CI, CATALOG, EXAMPLE, NOON, cache=cache) == d
+    assert evaluate_request(request, CI, CATALOG, EXAMPLE, NOON, cache=cache) == d
 
 
 def test_cache_is_safe_across_threads() -> None:

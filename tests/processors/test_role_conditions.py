@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from processors.decision.policy import IdentityClaims, PolicyError, parse_policy
-from processors.decision.statement import DecisionCache, decide_request, evaluate
+from processors.decision.statement import DecisionCache, evaluate, evaluate_request
 from processors.decision.warehouse_catalog import Catalog
 from schemas.events import Target
 
@@ -63,9 +63,9 @@ def test_the_request_target_is_what_is_matched_and_the_cache_rechecks_it() -> No
         target = Target(profile="analytics", role="SYSADMIN")
 
     cache = DecisionCache()
-    assert decide_request(Request(), CI, CATALOG, POLICY, NOON, cache).decision == "require_approval"
+    assert evaluate_request(Request(), CI, CATALOG, POLICY, NOON, cache).decision == "require_approval"
     assert cache.evaluate(SQL, CI, CATALOG, POLICY, NOON).decision == "allow"  # same text, no role
-    assert decide_request(Request(), CI, CATALOG, POLICY, NOON, cache).decision == "require_approval"
+    assert evaluate_request(Request(), CI, CATALOG, POLICY, NOON, cache).decision == "require_approval"
 
 
 def test_role_condition_must_be_a_list_of_globs() -> None:
