@@ -31,7 +31,7 @@ DATA_GLOBS = (
     "infra/sql/**/*.sql",
 )
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,7 @@ def test_key_rotation_accepted_after_one_refetch(issuer_server: IssuerServer, co
     assert issuer_server.jwks_hits(corp) == 2
 
 
+@pytest.mark.slow
 def test_flood_of_unknown_kids_fetches_at_most_once_per_interval(
     issuer_server: IssuerServer, corp: Issuer
 ) -> None:

@@ -29,6 +29,8 @@ from processors.decision.statement import Decision, evaluate
 from processors.decision.warehouse_catalog import Catalog
 from tests.processors.analysis_support import CATALOG, GlobClassifier
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CI = IdentityClaims.from_claims(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,8 @@ from tests.processors.analysis_support import (
     mask_kind_of,
     outermost_projections,
 )
+
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
 
 DEMO = Catalog.load(CATALOG_PATH)
 CLASSIFIER = GlobClassifier(DEMO)

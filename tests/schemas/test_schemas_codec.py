@@ -31,6 +31,8 @@ from tests.schemas.schemas_samples import (
 )
 from tests.schemas.schemas_strategies import EVENT_STRATEGIES, SCHEMAS, any_event, other_zones
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 CODEC = EventCodec()
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CURRENT = {v.name: v for v in schema_versions() if v.version == "current"}

@@ -26,6 +26,8 @@ from schemas.codec import _CLASSES, DecodeError, EncodeError, EventCodec, schema
 from tests.schemas.schemas_samples import approval_verdict, fastavro_body, query_rejected, result_page
 from tests.schemas.schemas_strategies import EVENT_STRATEGIES, SCHEMAS, other_zones
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 ROOT = Path(__file__).resolve().parents[2]
 PROPS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,6 +16,8 @@ from .helpers import local_settings, make_sink, write_events
 from .scenario import scenario
 from .test_commands import home  # noqa: F401 - the fixture: a written table under a fresh home
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 
 def run(*argv: str) -> int:
     parser = argparse.ArgumentParser()

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sinks.chain import GENESIS, chain_hashes, chain_step, ensure_keypair, load_signer, load_verifier
 from sinks.verify import verify_rows
+
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
 
 
 def _rows(avros: list[bytes], topic: str = "t", partition: int = 0) -> list[dict[str, Any]]:

@@ -14,6 +14,8 @@ from querytrail.settings import get_settings
 from .helpers import local_settings, make_sink, write_events
 from .scenario import scenario
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sinks.compact import compact
 from sinks.table import open_table
 
 from .helpers import local_settings, make_sink, verify, write_events
 from .scenario import scenario
+
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
 
 
 def test_compact_merges_files_and_keeps_every_row(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from sinks.table import open_table, state_of
 from .helpers import local_settings, make_sink, verify, write_events
 from .scenario import scenario
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 
 @pytest.fixture
 def log_settings(tmp_path: Path):  # type: ignore[no-untyped-def]

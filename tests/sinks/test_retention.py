@@ -25,6 +25,8 @@ from sinks.verify import VerifyReport, verify_rows, verify_table
 from .helpers import CODEC, local_settings, make_sink, write_events
 from .scenario import scenario
 
+pytestmark = pytest.mark.slow  # seconds of work: kept out of `make unit`, run by `make test`
+
 
 def _verify(s: Settings) -> VerifyReport:
     keyring = load_keyring(s.key_path("chain_verify_key"))
