@@ -6,7 +6,7 @@ Pure except for reading the request stream; the handlers in ``ingress.app`` do t
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import ClientDisconnect, Request
@@ -15,6 +15,9 @@ from querytrail.identity import Identity
 from querytrail.sealing import sign_attestation
 from querytrail.settings import Settings
 from schemas.events import envelope
+
+if TYPE_CHECKING:
+    from schemas.events import ClientContext, DownstreamActionReported, Target
 
 __all__ = ["ApiError", "build_action", "build_query", "openapi_document", "read_json_body"]
 
@@ -125,7 +128,7 @@ def _str(body: dict[str, Any], name: str, *, required: bool = True) -> str | Non
     return value
 
 
-def _target(raw: Any, settings: Settings) -> Any:
+def _target(raw: Any, settings: Settings) -> Target:
     from schemas.events import Target
 
     if raw is None:
@@ -144,7 +147,7 @@ def _target(raw: Any, settings: Settings) -> Any:
     return Target(profile=profile or "", **{k: raw.get(k) for k in _TARGET_FIELDS[1:]})
 
 
-def _context(raw: Any, identity: Identity) -> Any:
+def _context(raw: Any, identity: Identity) -> ClientContext:
     from schemas.events import ClientContext
 
     raw = raw if raw is not None else {}
@@ -222,7 +225,7 @@ def build_query(
     )
 
 
-def build_action(body: dict[str, Any], *, identity: Identity) -> Any:
+def build_action(body: dict[str, Any], *, identity: Identity) -> DownstreamActionReported:
     """A DownstreamActionReported by the verified caller."""
     from schemas.events import DownstreamActionReported
 

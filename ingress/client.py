@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -24,6 +24,9 @@ from querytrail.sealing import load_sealing_public_key, seal_token, token_sha256
 from querytrail.settings import Settings
 from schemas.events import envelope
 from schemas.topics import topic_names
+
+if TYPE_CHECKING:
+    from schemas.events import ClientContext
 
 __all__ = [
     "ClientError",
@@ -40,7 +43,7 @@ class ClientError(Exception):
     """A usage or environment problem on the client side (exit code 2)."""
 
 
-def ci_context_from_env(env: Mapping[str, str] | None = None) -> Any:
+def ci_context_from_env(env: Mapping[str, str] | None = None) -> ClientContext:
     """ClientContext from GitHub Actions or GitLab CI variables (``local`` when neither is set)."""
     from schemas.events import ClientContext
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt import exceptions as jwt_exc
@@ -20,6 +20,9 @@ from jwt import exceptions as jwt_exc
 from querytrail.jwks import HttpJwksSource, JwksCache, JwksSource, JwksUnavailable
 from querytrail.sealing import token_sha256 as _token_sha256
 from querytrail.settings import IssuerSettings, Settings
+
+if TYPE_CHECKING:
+    from schemas.events import VerifiedIdentity
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -88,7 +91,7 @@ class Identity:
     def claims_json(self) -> str:
         return canonical_json(self.claims)
 
-    def to_verified(self) -> Any:
+    def to_verified(self) -> VerifiedIdentity:
         """As ``schemas.events.VerifiedIdentity`` (claims canonical, only the token's hash)."""
         from schemas.events import VerifiedIdentity
 

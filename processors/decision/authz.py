@@ -120,7 +120,7 @@ class Signer:
     def public_pem(self) -> bytes:
         return public_pem(self.private_key)
 
-    def sign(self, auth: Any) -> Any:
+    def sign(self, auth: ExecutionAuthorized) -> ExecutionAuthorized:
         """Return ``auth`` with key_id and signature set (a new frozen event)."""
         unsigned = replace(auth, key_id=self.key_id, signature=b"")
         return replace(unsigned, signature=self.private_key.sign(canonical_bytes(unsigned)))

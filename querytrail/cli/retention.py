@@ -12,7 +12,11 @@ import getpass
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from querytrail.settings import Settings
+    from sinks.verify import VerifyReport
 
 __all__ = ["register", "run_verify"]
 
@@ -49,7 +53,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_rotate)
 
 
-def run_verify(settings: Any, since: datetime | None, no_witness_topic: bool) -> Any:
+def run_verify(settings: Settings, since: datetime | None, no_witness_topic: bool) -> VerifyReport | str:
     """The verify report of the configured table with the keyring, or an error text."""
     from pyiceberg.exceptions import NoSuchTableError
 
