@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def default_policy_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "infra" / "policies" / "example.yaml"
+    return Path(__file__).resolve().parents[2] / "infra" / "policies" / "example.yaml"
 
 
 def catalog_from_events(events: list[CatalogTable]) -> Catalog:

@@ -25,7 +25,7 @@ import yaml
 
 __all__ = ["DEMO_OVERRIDES", "demo_config", "demo_policy", "ensure_stack", "register"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICY = ROOT / "infra" / "policies" / "example.yaml"
 DEMO_CATALOG = ROOT / "infra" / "catalog" / "demo.yaml"
 

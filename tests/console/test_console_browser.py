@@ -46,14 +46,13 @@ def stack(
     fakesnow_profile: SnowflakeProfile,
     keycloak: Any,
 ) -> Iterator[tuple[Pipeline, ConsoleServer]]:
-    from pipeline_harness import new_prefix
-
     from console.commands import assemble
     from console.config import ConsoleConfig
     from console.issuer import AUDIENCE
     from infra.keycloak import issuer_settings
     from infra.topics import create_topics
     from tests.conftest import free_port
+    from tests.pipeline.pipeline_harness import new_prefix
 
     port = free_port()
     config = ConsoleConfig(

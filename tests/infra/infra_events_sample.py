@@ -21,6 +21,8 @@ def _value(tp: Any, name: str) -> Any:
         return (_value(typing.get_args(tp)[0], name),)
     if origin is dict:
         return {"k": _value(typing.get_args(tp)[1], name)}
+    if tp is str and name.endswith("event_id"):
+        return ev.new_event_id()  # an Avro uuid: canonical lower-case text
     if tp is str:
         return "approve" if name == "verdict" else f"{name}-ü-✓"  # Avro enum; non-ASCII text
     if tp is bool:
