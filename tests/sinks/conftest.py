@@ -77,7 +77,7 @@ def audit_log(tmp_path_factory: pytest.TempPathFactory) -> AuditLog:
 
 
 def _spark_jars() -> Path:
-    from conftest import jar_cache
+    from tests.conftest import jar_cache
 
     cache = jar_cache() / "spark-jars"
     if all((cache / j).exists() for j in SPARK_JARS):
@@ -128,10 +128,9 @@ def spark(audit_log: AuditLog) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def trino(audit_log: AuditLog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A Trino (from Maven, on Java 24+) whose catalog ``iceberg`` is ``audit_log``'s SQL catalog."""
-    from conftest import free_port, jar_cache
-
     from infra.kafka import ToolMissingError
     from infra.trino import TrinoServer
+    from tests.conftest import free_port, jar_cache
 
     server = TrinoServer(
         audit_log.home,
